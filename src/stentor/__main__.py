@@ -1,0 +1,3 @@
+from stentor.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Build a preset as a Hugging Face `LlamaForCausalLM`, initialize it as the card does, save it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from stentor.fileio import atomic_dir
+from stentor.model.presets import ModelConfig
+
+# The card's "Recommended Generation Settings" (personal favourites) are our sampling defaults.
+SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 0.7, "repetition_penalty": 1.2}
+MAX_NEW_TOKENS_DEFAULT = 500
+
+
+def to_llama_config(cfg: ModelConfig, attn_implementation: str = "sdpa") -> LlamaConfig:
+    config = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        hidden_act=cfg.hidden_act,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.initializer_range,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.pad_token_id,
+        attention_bias=False,
+        mlp_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+    )
+    config._attn_implementation = attn_implementation
+    config.architectures = ["LlamaForCausalLM"]
+    return config
+
+
+def initialize_weights(model: nn.Module, std: float = 0.02) -> None:
+    """The card's init: Linear/Embedding weights N(0, std), biases 0, every RMSNorm weight 1."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif "rmsnorm" in type(module).__name__.lower():
+                if getattr(module, "weight", None) is not None:
+                    module.weight.fill_(1.0)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    init: bool = True,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
+) -> LlamaForCausalLM:
+    """Instantiate `cfg` as `LlamaForCausalLM`; with `init`, apply the card's initialization."""
+    config = to_llama_config(cfg, attn_implementation)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        model = LlamaForCausalLM(config)
+    if init and str(device) != "meta":
+        initialize_weights(model, cfg.initializer_range)
+        model.tie_weights()
+    return model
+
+
+def generation_config_for(cfg: ModelConfig) -> GenerationConfig:
+    return GenerationConfig(
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.pad_token_id,
+        do_sample=True,
+        max_new_tokens=MAX_NEW_TOKENS_DEFAULT,
+        **SAMPLING_DEFAULTS,
+    )
+
+
+def save_model_dir(model: LlamaForCausalLM, cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
+    """Write a standard HF model directory atomically: config.json, model.safetensors, generation_config.json."""
+    model.generation_config = generation_config_for(cfg)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    return Path(out_dir)
