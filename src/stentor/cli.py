@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except StentorError as exc:
         print(f"stentor: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `stentor ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("stentor: interrupted", file=sys.stderr)
         return 130

@@ -28,6 +28,13 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def _default_mode(directory: bool) -> int:
+    """What a plain open()/mkdir() would give under the current umask (mkstemp/mkdtemp use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -43,6 +50,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     parent = ensure_writable_dir(path.parent if str(path.parent) else ".")
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _default_mode(directory=False))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -72,6 +80,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, _default_mode(directory=False))
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -94,6 +103,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     parent = ensure_writable_dir(path.parent if str(path.parent) else ".")
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, _default_mode(directory=True))
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():

@@ -127,7 +127,7 @@ PRESETS: dict[str, ModelConfig] = {
         ),
         _stentor2(
             "stentor2-mini",
-            "ours: ~1.6M-param Stentor2-shaped model for the offline quickstart (CPU, minutes)",
+            "ours: 1.4M-param Stentor2-shaped model for the offline quickstart (CPU, minutes)",
             base_vocab=4000,
             hidden_size=128,
             intermediate_size=384,
