@@ -1,0 +1,27 @@
+"""Training on HF Accelerate: the card's recipe as a config, exact resume, curves, best/final model dirs.
+
+    from stentor.train import load_config, train
+    result = train(load_config("configs/tiny-cpu.yaml"), "runs/tiny")
+
+Names are imported on first use so that `stentor --help` does not pay for torch.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "TrainConfig": "stentor.train.config",
+    "load_config": "stentor.train.config",
+    "Plan": "stentor.train.plan",
+    "make_plan": "stentor.train.plan",
+    "Trainer": "stentor.train.trainer",
+    "TrainResult": "stentor.train.trainer",
+    "train": "stentor.train.trainer",
+    "resume": "stentor.train.trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stentor.train' has no attribute {name!r}")
