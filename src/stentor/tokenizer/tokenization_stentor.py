@@ -1,0 +1,329 @@
+"""StentorTokenizer: a Hugging Face (Python-backend) tokenizer over a TokenMonster vocabulary.
+
+This file is deliberately self-contained: it imports only `.tokenmonster` (copied beside it),
+transformers, numpy and the standard library. `save_pretrained` copies both files into the
+output directory, so `AutoTokenizer.from_pretrained(dir, trust_remote_code=True)` works
+where stentor is not installed.
+
+Id layout (docs/decisions.md, "Special tokens"): ids 0..V-1 are the TokenMonster ids
+(V = the vocabulary's id-table size), `</s>` (EOS, also PAD) = V, `<s>` (BOS) = V + 1, then
+`<reserved_0>`, `<reserved_1>`, ... up to the next multiple of 128 (8,000 -> 8,064).
+
+Token strings (`convert_ids_to_tokens`): TokenMonster tokens are raw bytes, so a token is
+shown as its bytes decoded as UTF-8 where that gives a printable character, a backslash as
+`\\\\`, and every other byte (control bytes, the capcode delete marker 0x7F, invalid UTF-8)
+as `\\xHH`. The mapping is reversible (`str_to_token_bytes`). A token whose printable form
+would read like one of our special names gets its first byte escaped, so names stay unique.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from transformers import AddedToken, PreTrainedTokenizer
+
+from .tokenmonster import Vocab
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}\n"
+    "<|{{ message['role'] }}|>\n"
+    "{{ message['content'] }}\n"
+    "{% endfor %}\n"
+    "{% if add_generation_prompt %}<|assistant|>\n"
+    "{% endif %}"
+)
+VOCAB_FILE = "tokenizer.vocab"
+EOS, BOS, UNK = "</s>", "<s>", "<unk>"
+
+
+def padded_size(base_vocab: int, multiple: int = 128) -> int:
+    """Base vocabulary + EOS + BOS, rounded up to a multiple (same formula as stentor.model.presets)."""
+    return -(-(base_vocab + 2) // multiple) * multiple
+
+
+def token_bytes_to_str(data: bytes) -> str:
+    """Printable, reversible name of a raw token (see the module docstring)."""
+    out = []
+    for ch in data.decode("utf-8", errors="surrogateescape"):
+        if "\udc80" <= ch <= "\udcff":  # an invalid byte, smuggled through by surrogateescape
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def str_to_token_bytes(name: str) -> bytes:
+    """Inverse of `token_bytes_to_str`."""
+    out = bytearray()
+    i = 0
+    while i < len(name):
+        if name.startswith("\\\\", i):
+            out += b"\\"
+            i += 2
+        elif name.startswith("\\x", i) and len(name) >= i + 4:
+            out.append(int(name[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            out += name[i].encode("utf-8")
+            i += 1
+    return bytes(out)
+
+
+def text_to_bytes(text: str) -> bytes:
+    """UTF-8 bytes of `text`; lone surrogates (e.g. from surrogateescape-decoded bytes) never raise."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", errors="surrogatepass")
+
+
+class StentorTokenizer(PreTrainedTokenizer):
+    """Stentor2's tokenizer: TokenMonster ids, then `</s>`, `<s>` and reserved padding tokens."""
+
+    vocab_files_names = {"vocab_file": VOCAB_FILE}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        vocab_file: str | None = None,
+        add_bos_token: bool = True,
+        add_eos_token: bool = False,
+        pad_to_multiple: int = 128,
+        **kwargs,
+    ) -> None:
+        vocab = kwargs.pop("_vocab", None)  # from_vocab(Vocab): kept out of init_kwargs (not JSON)
+        if vocab is None:
+            if vocab_file is None:
+                raise ValueError("StentorTokenizer needs a TokenMonster vocabulary: pass vocab_file=PATH.vocab")
+            vocab = Vocab.load(vocab_file)
+        self.vocab = vocab
+        self.add_bos_token = add_bos_token
+        self.add_eos_token = add_eos_token
+        self.pad_to_multiple = pad_to_multiple
+
+        base = vocab.id_table_size
+        reserved = [f"<reserved_{k}>" for k in range(padded_size(base, pad_to_multiple) - base - 2)]
+        has_unk = vocab.unk_id is not None
+        specials = {base: EOS, base + 1: BOS, **{base + 2 + k: name for k, name in enumerate(reserved)}}
+        if has_unk:
+            specials[vocab.unk_id] = UNK
+        self._build_names(specials)
+        self._added_tokens_decoder = {
+            i: AddedToken(name, special=True, normalized=False, lstrip=False, rstrip=False)
+            for i, name in sorted(specials.items())
+        }
+        kwargs.setdefault("bos_token", BOS)
+        kwargs.setdefault("eos_token", EOS)
+        kwargs.setdefault("pad_token", EOS)  # pad = EOS, as on the card
+        kwargs.setdefault("unk_token", UNK if has_unk else None)
+        kwargs.setdefault("extra_special_tokens", reserved)
+        kwargs.setdefault("chat_template", CHAT_TEMPLATE)
+        kwargs.setdefault("clean_up_tokenization_spaces", False)
+        super().__init__(
+            vocab_file=vocab_file,
+            add_bos_token=add_bos_token,
+            add_eos_token=add_eos_token,
+            pad_to_multiple=pad_to_multiple,
+            **kwargs,
+        )
+
+    def _build_names(self, specials: dict[int, str]) -> None:
+        """One unique printable name per TokenMonster id (readable base form, not the capcode variant)."""
+        raw: dict[int, bytes] = {}
+        for token_id in range(self.vocab.id_table_size):
+            raw[token_id] = self.vocab.id_to_token(token_id) or b""
+        for token_id, data, _kind, score in self.vocab.tokens():
+            if score > -0.5 and data:
+                raw[token_id] = data
+        reserved_names = set(specials.values())
+        names: list[str] = []
+        for token_id in range(self.vocab.id_table_size):
+            if token_id in specials:
+                names.append(specials[token_id])
+                continue
+            data = raw[token_id]
+            if not data:
+                names.append(f"<unused_{token_id}>")  # an id gap: decodes to nothing
+                reserved_names.add(names[-1])
+                continue
+            name = token_bytes_to_str(data)
+            if name in reserved_names:
+                name = f"\\x{data[0]:02x}" + token_bytes_to_str(data[1:])
+            names.append(name)
+        self._id_to_name = names
+        self._name_to_id = {name: i for i, name in enumerate(names)}
+        if len(self._name_to_id) != len(names):
+            raise ValueError("TokenMonster vocabulary has two ids with the same token bytes; it cannot be mapped 1:1")
+
+    @classmethod
+    def from_vocab(cls, vocab: str | os.PathLike | Vocab, **kwargs) -> StentorTokenizer:
+        """Build the tokenizer from a `.vocab` path or a loaded `Vocab`."""
+        if isinstance(vocab, Vocab):
+            return cls(vocab_file=None, _vocab=vocab, **kwargs)
+        return cls(vocab_file=str(vocab), **kwargs)
+
+    # --- vocabulary -------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """TokenMonster ids only (V); `len(tokenizer)` adds EOS, BOS and the reserved tokens."""
+        return self.vocab.id_table_size
+
+    def get_vocab(self) -> dict[str, int]:
+        names = dict(self._name_to_id)
+        names.update(self._added_tokens_encoder)
+        return names
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        return [self._id_to_name[i] for i in self.vocab.encode(text_to_bytes(text))]
+
+    def _convert_token_to_id(self, token: str) -> int:
+        token_id = self._name_to_id.get(token)
+        if token_id is None:
+            token_id = self.unk_token_id
+            if token_id is None:
+                raise KeyError(f"{token!r} is not a token of this vocabulary (and it has no <unk>)")
+        return token_id
+
+    def _convert_id_to_token(self, index: int) -> str:
+        if not 0 <= index < len(self._id_to_name):
+            raise IndexError(f"token id {index} is outside the vocabulary (0..{len(self) - 1})")
+        return self._id_to_name[index]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return self._decode_ids([self._convert_token_to_id_with_added_voc(t) for t in tokens], False)
+
+    # --- special tokens (Llama convention: <s> text [</s>]) ------------------------------------
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        bos = [self.bos_token_id] if self.add_bos_token else []
+        eos = [self.eos_token_id] if self.add_eos_token else []
+        out = bos + list(token_ids_0) + eos
+        if token_ids_1 is not None:
+            out += bos + list(token_ids_1) + eos
+        return out
+
+    def get_special_tokens_mask(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None, already_has_special_tokens: bool = False
+    ) -> list[int]:
+        if already_has_special_tokens:
+            return super().get_special_tokens_mask(token_ids_0, token_ids_1, already_has_special_tokens=True)
+        bos = [1] if self.add_bos_token else []
+        eos = [1] if self.add_eos_token else []
+        mask = bos + [0] * len(token_ids_0) + eos
+        if token_ids_1 is not None:
+            mask += bos + [0] * len(token_ids_1) + eos
+        return mask
+
+    # --- decoding -----------------------------------------------------------------------------
+
+    def _segments(self, ids: Iterable[int], skip_special_tokens: bool):
+        """Split ids into runs of TokenMonster ids and the text of the added tokens between them.
+
+        Yields lists of base ids and strings. Added tokens always end a run, skipped or not,
+        so decoding restarts its capcode/UTF-8 state there (a special is a document boundary).
+        Ids outside the vocabulary contribute nothing, as in TokenMonster.
+        """
+        base = self.vocab.id_table_size
+        run: list[int] = []
+        for token_id in ids:
+            token_id = int(token_id)
+            if 0 <= token_id < base:
+                run.append(token_id)
+            elif token_id in self._added_tokens_decoder:
+                yield run
+                run = []
+                token = self._added_tokens_decoder[token_id]
+                yield "" if skip_special_tokens and token.special else token.content
+        yield run
+
+    def _decode_ids(self, ids: Iterable[int], skip_special_tokens: bool) -> str:
+        parts = []
+        for seg in self._segments(ids, skip_special_tokens):
+            parts.append(seg if isinstance(seg, str) else self.vocab.decode(seg).decode("utf-8", errors="replace"))
+        return "".join(parts)
+
+    def _decode(
+        self,
+        token_ids: int | list[int],
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs,
+    ) -> str:
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        return self._decode_ids(token_ids, skip_special_tokens)
+
+    def streaming_decoder(self, skip_special_tokens: bool = True) -> StreamingDecoder:
+        """A decoder for generation: push ids as they come, get text that is safe to print."""
+        return StreamingDecoder(self, skip_special_tokens)
+
+    # --- saving -------------------------------------------------------------------------------
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        path = Path(save_directory) / ((filename_prefix + "-" if filename_prefix else "") + VOCAB_FILE)
+        path.write_bytes(self.vocab.to_bytes())
+        return (str(path),)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> tuple[str, ...]:
+        files = super().save_pretrained(save_directory, *args, **kwargs)
+        # transformers 5 drops add_bos_token/add_eos_token from the saved config; keep ours.
+        config_path = Path(save_directory) / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config.update(add_bos_token=self.add_bos_token, add_eos_token=self.add_eos_token)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        special_map = Path(save_directory) / "special_tokens_map.json"
+        special_map.write_text(json.dumps(self.special_tokens_map, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return (*files, str(special_map))
+
+
+class StreamingDecoder:
+    """Incremental decode: `push(ids)` returns only complete characters; `flush()` the rest.
+
+    The TokenMonster streaming decoder holds back an unfinished capcode marker or UTF-8
+    sequence; a Python incremental UTF-8 decoder on top makes the text split-invariant,
+    so the concatenated output always equals `tokenizer.decode(all_ids)`.
+    """
+
+    def __init__(self, tokenizer: StentorTokenizer, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip = skip_special_tokens
+        self._start_run()
+
+    def _start_run(self) -> None:
+        self._bytes = self._tokenizer.vocab.decoder()
+        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def _end_run(self) -> str:
+        text = self._text.decode(self._bytes.flush(), final=True)
+        self._start_run()
+        return text
+
+    def push(self, ids: Iterable[int]) -> str:
+        parts = []
+        segments = list(self._tokenizer._segments(ids, self._skip))
+        for k, seg in enumerate(segments):
+            if isinstance(seg, str):
+                parts.append(seg)
+            elif seg:
+                parts.append(self._text.decode(self._bytes.decode(seg)))
+            if k < len(segments) - 1 and not isinstance(seg, str):
+                parts.append(self._end_run())  # an added token follows: close the run as decode() does
+        return "".join(parts)
+
+    def flush(self) -> str:
+        return self._end_run()
+
+
+StentorTokenizer.register_for_auto_class("AutoTokenizer")
