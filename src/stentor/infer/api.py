@@ -1,0 +1,270 @@
+"""`stentor.load(...)`: a model + tokenizer ready to generate text, on our engine or HF's."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from stentor.errors import StentorError
+from stentor.infer.engine import Engine, Step
+from stentor.infer.sampling import SamplingParams
+from stentor.infer.text import replacement_token_mask, streaming_decoder
+
+ENGINES = ("stentor", "hf")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_PARAM_NAMES = {f.name for f in fields(SamplingParams)}
+
+
+def sampling_params(**sampling) -> SamplingParams:
+    """SamplingParams from keyword arguments, naming any unknown one (None means 'default')."""
+    unknown = set(sampling) - _PARAM_NAMES
+    if unknown:
+        raise StentorError(
+            f"unknown sampling option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_PARAM_NAMES))}"
+        )
+    return SamplingParams(**{k: v for k, v in sampling.items() if v is not None})
+
+
+class Stentor:
+    """A loaded model: `.model` (HF), `.tokenizer` (HF), `.generate()` and `.stream()`.
+
+    `engine="stentor"` decodes with the fast CPU `Engine`; `engine="hf"` calls `model.generate`
+    with the same settings (for comparison, or for models our engine does not cover).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        engine: str = "stentor",
+        dtype: str = "float32",
+        compile: bool = False,
+    ):
+        if engine not in ENGINES:
+            raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if dtype not in DTYPES:
+            raise StentorError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.backend = engine
+        self.engine = Engine(model, dtype=DTYPES[dtype], compile=compile) if engine == "stentor" else None
+        self.vocab_size = model.config.vocab_size
+        self.context = model.config.max_position_embeddings
+        self.eos_ids = self._eos_ids()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
+        self._banned: torch.Tensor | None = None
+        self.lock = threading.Lock()  # one generation at a time per engine (its KV cache is shared)
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if eos is not None:
+                ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+        return frozenset(int(i) for i in ids)
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def encode(self, prompt: str | list[int], *, chat: bool = False, max_new_tokens: int = 1) -> list[int]:
+        """Token ids for a prompt (text, or ids as they are); `chat` applies the chat template."""
+        if isinstance(prompt, str):
+            if chat:
+                return self.encode_chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens)
+            ids = list(self.tokenizer(prompt)["input_ids"])
+        elif isinstance(prompt, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
+            ids = list(prompt)
+        else:
+            raise StentorError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
+        return self._fit(ids, max_new_tokens)
+
+    def encode_chat(self, messages: list[dict], *, max_new_tokens: int = 1) -> list[int]:
+        """Apply the tokenizer's chat template with a generation prompt and tokenize the result."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise StentorError(
+                f"the tokenizer ({type(self.tokenizer).__name__}) has no chat template; drop --chat / use plain prompts"
+            )
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # jinja errors: the template rejected these messages
+            raise StentorError(f"the chat template rejected the messages: {exc}") from None
+        return self._fit(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]), max_new_tokens)
+
+    def _fit(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            if bos is None:
+                raise StentorError("the prompt is empty and the tokenizer has no BOS token; give some text")
+            ids = [bos]
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise StentorError(f"prompt token ids must be in [0, {self.vocab_size}); the tokenizer does not fit the model")
+        if self.engine is not None:
+            return self.engine.fit_prompt(ids, max_new_tokens)
+        return ids
+
+    def banned_tokens(self) -> torch.Tensor:
+        if self._banned is None:
+            self._banned = replacement_token_mask(self.tokenizer, self.vocab_size)
+        return self._banned
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> Iterator[Step]:
+        """Token steps for a batch of encoded prompts (one row each)."""
+        rows = params if isinstance(params, list) else [params] * len(prompts)
+        banned = self.banned_tokens() if any(p.suppress_replacement_tokens for p in rows) else None
+        if any(p.suppress_replacement_tokens != rows[0].suppress_replacement_tokens for p in rows):
+            banned = banned & torch.tensor([p.suppress_replacement_tokens for p in rows])[:, None]
+        if self.engine is not None:
+            return self.engine.generate(prompts, rows, self.eos_ids, self.pad_id, banned)
+        if len(set(rows)) != 1 or len({len(p) for p in prompts}) != 1:
+            raise StentorError("the hf engine decodes one setting and one prompt length per call; use --engine stentor")
+        return _hf_steps(self, prompts, rows[0], banned)
+
+    def _expand(self, prompt, chat: bool, sampling: dict) -> tuple[list[list[int]], SamplingParams]:
+        params = sampling_params(**sampling)
+        ids = self.encode(prompt, chat=chat, max_new_tokens=params.max_new_tokens)
+        return [ids] * params.num_samples, params
+
+    def generate(self, prompt: str | list[int], *, chat: bool = False, **sampling) -> str | list[str]:
+        """Complete `prompt`; a string, or a list of `num_samples` strings when num_samples > 1."""
+        prompts, params = self._expand(prompt, chat, sampling)
+        outputs: list[list[int]] = [[] for _ in prompts]
+        with self.lock:
+            done = [False] * len(prompts)
+            for step in self.generate_ids(prompts, params):
+                for i, token in enumerate(step.tokens):
+                    if not done[i] and not (params.stop_at_eos and token in self.eos_ids):
+                        outputs[i].append(token)
+                    done[i] = step.finished[i]
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
+        return texts[0] if params.num_samples == 1 else texts
+
+    def stream(self, prompt: str | list[int], *, chat: bool = False, **sampling) -> Iterator[str]:
+        """Yield the completion of `prompt` piece by piece, as soon as each piece is valid text."""
+        prompts, params = self._expand(prompt, chat, sampling)
+        if params.num_samples != 1:
+            raise StentorError("stream() produces one sample; use generate() for num_samples > 1")
+        decoder = streaming_decoder(self.tokenizer)
+        with self.lock:
+            for step in self.generate_ids(prompts, params):
+                token = step.tokens[0]
+                if not (params.stop_at_eos and token in self.eos_ids):
+                    piece = decoder.push([token])
+                    if piece:
+                        yield piece
+        tail = decoder.flush()
+        if tail:
+            yield tail
+
+
+def _hf_steps(lm: Stentor, prompts: list[list[int]], params: SamplingParams, banned) -> Iterator[Step]:
+    """HF `generate` with the same settings, run in a thread and turned into the engine's `Step`s."""
+    from transformers import GenerationConfig
+    from transformers.generation.streamers import BaseStreamer
+
+    steps: queue.Queue = queue.Queue()
+
+    class _Collector(BaseStreamer):
+        first = True
+
+        def put(self, value):
+            if self.first:  # generate() first reports the prompt
+                self.first = False
+                return
+            steps.put(value.reshape(-1).tolist())
+
+        def end(self):
+            steps.put(None)
+
+    sample = params.do_sample
+    config = GenerationConfig(
+        do_sample=sample,
+        temperature=params.temperature if sample else None,
+        top_p=params.top_p if sample else None,
+        top_k=params.top_k if sample else None,  # explicit 0: HF would otherwise fill in its default of 50
+        min_p=params.min_p if sample else None,
+        repetition_penalty=params.repetition_penalty,
+        max_new_tokens=min(params.max_new_tokens, lm.context - len(prompts[0])),
+        eos_token_id=sorted(lm.eos_ids) if params.stop_at_eos and lm.eos_ids else None,
+        pad_token_id=lm.pad_id,
+        suppress_tokens=banned.nonzero().flatten().tolist() if banned is not None else None,
+    )
+    ids = torch.tensor(prompts)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            with torch.inference_mode():
+                lm.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=collector)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+            steps.put(None)
+
+    collector = _Collector()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    finished = [False] * len(prompts)
+    count = 0
+    while (tokens := steps.get()) is not None:
+        count += 1
+        for i, token in enumerate(tokens):
+            finished[i] = finished[i] or (params.stop_at_eos and token in lm.eos_ids) or count >= config.max_new_tokens
+        yield Step(tokens, list(finished))
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
+
+
+def load(
+    path_or_hub_id: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    engine: str = "stentor",
+    dtype: str = "float32",
+    compile: bool = False,
+) -> Stentor:
+    """Load a model directory (or a hub id, when online or cached) and its tokenizer.
+
+    The weights must be safetensors; the tokenizer comes from the same place unless given.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from stentor.tokenizer.hf import load_tokenizer
+
+    if engine not in ENGINES:
+        raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    spec = os.fspath(path_or_hub_id)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise StentorError(f"{path} is not a model directory (no config.json); pass a directory saved by stentor")
+        if not any(path.glob("*.safetensors")):
+            raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
+    elif not _looks_like_hub_id(spec):
+        raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else spec, use_safetensors=True)
+    except OSError as exc:
+        if path.exists():
+            raise StentorError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+        raise StentorError(
+            f"cannot load {spec!r} from the Hugging Face hub (offline, or no such repository): download it while "
+            f"online (`hf download {spec}`) and pass the local directory"
+        ) from None
+    tok = load_tokenizer(tokenizer if tokenizer is not None else (str(path) if path.exists() else spec))
+    return Stentor(model, tok, engine=engine, dtype=dtype, compile=compile)

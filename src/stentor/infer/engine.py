@@ -1,0 +1,300 @@
+"""A lean CPU decode engine for Llama-shaped Hugging Face models.
+
+A 12M-parameter model is limited by per-op overhead, not arithmetic, so the forward pass is
+written to issue as few torch calls as possible per layer:
+
+* Q, K, V come out of one matmul and RoPE is `qkv*cos + swap_halves(qkv)*sin_signed` on all of
+  them at once with precomputed tables (the sign of rotate_half lives in the sin table; cos=1,
+  sin=0 on the V columns, so V passes through exactly).
+* Weights are stored [in, out] for `mm`/`addmm`, which is faster than `linear` on CPU here.
+* gate and up projections are one matmul; o_proj and down_proj add the residual in `addmm`.
+* K and V of a layer share one preallocated cache tensor [batch, 2*kv_heads, capacity, head_dim],
+  written with one copy per step; attention is one `scaled_dot_product_attention` call (GQA native).
+* Rows of a batch are left-padded; each row has its own RoPE positions, and pad keys are masked.
+
+Logits match `LlamaForCausalLM` in fp32 to ~1e-6; sampling goes through `LogitsPipeline`, which
+reproduces HF's processors, so greedy and seeded sampled tokens match HF `generate`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from stentor.errors import StentorError
+from stentor.infer.sampling import LogitsPipeline, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Layer:
+    norm1: torch.Tensor
+    w_qkv: torch.Tensor  # [hidden, (heads + 2 * kv_heads) * head_dim]
+    b_qkv: torch.Tensor | None
+    w_o: torch.Tensor
+    b_o: torch.Tensor | None
+    norm2: torch.Tensor
+    w_gate_up: torch.Tensor
+    b_gate_up: torch.Tensor | None
+    w_down: torch.Tensor
+    b_down: torch.Tensor | None
+
+
+@dataclass
+class Step:
+    """One decode step: the new token of every row and which rows are finished (EOS or length)."""
+
+    tokens: list[int]
+    finished: list[bool]
+
+
+def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return torch.mm(x, w) if b is None else torch.addmm(b, x, w)
+
+
+class Engine:
+    """Prefill + decode for a `LlamaForCausalLM` (MHA or GQA), batch-first, fp32 by default.
+
+    The engine copies the weights it needs (fused), so the HF model can be freed or kept for
+    comparison; it is not thread-safe (the server gives it one scheduler thread).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, dtype: torch.dtype = torch.float32, compile: bool = False):
+        config = model.config
+        if getattr(config, "model_type", None) not in {"llama", "mistral"} or not hasattr(model, "model"):
+            raise StentorError(
+                f"the stentor engine runs Llama-shaped models; this one is {type(model).__name__} "
+                f"({getattr(config, 'model_type', '?')}); use --engine hf for it"
+            )
+        if getattr(config, "sliding_window", None):
+            raise StentorError("sliding-window attention is not supported by the stentor engine; use --engine hf")
+        from transformers.activations import ACT2FN
+
+        self.config = config
+        self.dtype = dtype
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.max_positions = config.max_position_embeddings
+        self.act = ACT2FN[config.hidden_act]
+        inner = model.model
+        with torch.no_grad():
+            cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
+            self.embed = cast(inner.embed_tokens.weight)
+            self.norm = cast(inner.norm.weight)
+            self.lm_head = cast(model.lm_head.weight.t())
+            self.layers = [self._fuse(layer, cast) for layer in inner.layers]
+            self._rope_tables(inner.rotary_emb)
+        self.vocab_size = self.lm_head.shape[1]
+        self._cache: list[torch.Tensor] = []
+        self._step = torch.compile(self._forward, dynamic=True) if compile else self._forward
+
+    def _fuse(self, layer, cast) -> _Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+
+        def cat_t(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+            weight = cast(torch.cat([lin.weight for lin in linears]).t())
+            has_bias = linears[0].bias is not None
+            return weight, cast(torch.cat([lin.bias for lin in linears])) if has_bias else None
+
+        w_qkv, b_qkv = cat_t(attn.q_proj, attn.k_proj, attn.v_proj)
+        w_o, b_o = cat_t(attn.o_proj)
+        w_gate_up, b_gate_up = cat_t(mlp.gate_proj, mlp.up_proj)
+        w_down, b_down = cat_t(mlp.down_proj)
+        return _Layer(
+            norm1=cast(layer.input_layernorm.weight),
+            w_qkv=w_qkv,
+            b_qkv=b_qkv,
+            w_o=w_o,
+            b_o=b_o,
+            norm2=cast(layer.post_attention_layernorm.weight),
+            w_gate_up=w_gate_up,
+            b_gate_up=b_gate_up,
+            w_down=w_down,
+            b_down=b_down,
+        )
+
+    def _rope_tables(self, rotary) -> None:
+        """cos/sin per position for the fused [q k v] columns, as HF's rotary embedding computes them."""
+        positions = torch.arange(self.max_positions, dtype=torch.float32)
+        freqs = torch.outer(positions, rotary.inv_freq.float())
+        emb = torch.cat([freqs, freqs], dim=-1)
+        scale = getattr(rotary, "attention_scaling", 1.0)
+        cos, sin = emb.cos() * scale, emb.sin() * scale
+        half = self.head_dim // 2
+        sin[:, :half] *= -1  # rotate_half(x) = cat(-x2, x1) = swap_halves(x) * [-1.., +1..]
+        qk_heads = self.heads + self.kv_heads
+        ones = torch.ones(self.max_positions, self.kv_heads * self.head_dim)
+        self.cos = torch.cat([cos.repeat(1, qk_heads), ones], dim=1).to(self.dtype)
+        self.sin = torch.cat([sin.repeat(1, qk_heads), ones * 0], dim=1).to(self.dtype)
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def _ensure_cache(self, batch: int, length: int) -> None:
+        if self._cache and self._cache[0].shape[0] >= batch and self._cache[0].shape[2] >= length:
+            return
+        batch = max(batch, self._cache[0].shape[0] if self._cache else 0)
+        shape = (batch, 2 * self.kv_heads, length, self.head_dim)
+        self._cache = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
+
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor | None, last_only: bool
+    ) -> torch.Tensor:
+        """Run `ids` [B, T] at cache columns start..start+T; return logits [B, V] (last) or [B, T, V]."""
+        batch, steps = ids.shape
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        qkv_width = (h + 2 * kv) * d
+        end = start + steps
+        causal = mask is None and steps > 1
+        cos = self.cos[positions].view(batch * steps, qkv_width)
+        sin = self.sin[positions].view(batch * steps, qkv_width)
+        x = F.embedding(ids, self.embed).view(batch * steps, -1)
+        for layer, cache in zip(self.layers, self._cache):
+            y = F.rms_norm(x, (x.shape[-1],), layer.norm1, self.eps)
+            qkv = _mm(y, layer.w_qkv, layer.b_qkv)
+            swapped = qkv.view(-1, h + 2 * kv, 2, d // 2).roll(1, dims=2).view(-1, qkv_width)
+            qkv = torch.addcmul(qkv * cos, swapped, sin).view(batch, steps, h + 2 * kv, d).transpose(1, 2)
+            cache_b = cache[:batch]
+            cache_b[:, :, start:end] = qkv[:, h:]
+            keys = cache_b[:, :kv, :end]
+            values = cache_b[:, kv:, :end]
+            attn = F.scaled_dot_product_attention(qkv[:, :h], keys, values, mask, is_causal=causal, enable_gqa=kv != h)
+            attn = attn.transpose(1, 2).reshape(batch * steps, h * d)
+            x = torch.addmm(x if layer.b_o is None else x + layer.b_o, attn, layer.w_o)
+            y = F.rms_norm(x, (x.shape[-1],), layer.norm2, self.eps)
+            gate_up = _mm(y, layer.w_gate_up, layer.b_gate_up)
+            half = gate_up.shape[-1] // 2
+            hidden = self.act(gate_up[:, :half]) * gate_up[:, half:]
+            x = torch.addmm(x if layer.b_down is None else x + layer.b_down, hidden, layer.w_down)
+        if last_only:
+            x = x.view(batch, steps, -1)[:, -1]
+            return torch.mm(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps), self.lm_head)
+        x = F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)
+        return torch.mm(x, self.lm_head).view(batch, steps, -1)
+
+    @staticmethod
+    def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:
+        """Causal mask that also hides pad keys; a pad query sees itself so no row is all -inf."""
+        steps = valid.shape[1]
+        causal = torch.ones(steps, steps, dtype=torch.bool).tril()
+        eye = torch.eye(steps, dtype=torch.bool)
+        return (causal & (valid[:, None, :] | eye))[:, None]
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-sequence logits [B, T, V] for left-padded `input_ids` (what HF's forward returns)."""
+        batch, steps = input_ids.shape
+        self._check_length(steps)
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        positions = (valid.cumsum(-1) - 1).clamp(min=0)
+        self._ensure_cache(batch, steps)
+        mask = None if bool(valid.all()) else self._prefill_mask(valid)
+        return self._forward(input_ids, positions, 0, mask, last_only=False).float()
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_positions:
+            raise StentorError(
+                f"sequence of {length} tokens exceeds the model's context of {self.max_positions}; shorten the input"
+            )
+
+    # -- generation --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        eos_ids: set[int] | frozenset[int] = frozenset(),
+        pad_id: int = 0,
+        banned: torch.Tensor | None = None,
+    ) -> Iterator[Step]:
+        """Decode every prompt (one row each) and yield a `Step` per new token position.
+
+        `params` is one setting for all rows or one per row. A row finishes at an EOS id (when
+        its params stop at EOS), after its `max_new_tokens`, or at the end of the context.
+        Prompts must already fit the context (see `fit_prompt`). `banned` is a [V] bool mask of
+        tokens never to emit.
+        """
+        rows = params if isinstance(params, list) else [params] * len(prompts)
+        if len(rows) != len(prompts) or not prompts:
+            raise StentorError("generate needs at least one prompt and one SamplingParams per prompt")
+        if any(not p for p in prompts):
+            raise StentorError("empty prompt: give at least one token (e.g. the BOS token)")
+        batch = len(prompts)
+        width = max(len(p) for p in prompts)
+        self._check_length(width)
+        budget = [min(p.max_new_tokens, self.max_positions - len(prompt)) for p, prompt in zip(rows, prompts)]
+        if min(budget) <= 0:
+            raise StentorError(f"a prompt fills the whole {self.max_positions}-token context; shorten it")
+        capacity = width + max(budget)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        valid = torch.zeros(batch, capacity, dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            valid[i, width - len(prompt) :] = True
+        valid[:, width:] = True
+        padded = not bool(valid[:, :width].all())
+        lengths = torch.tensor([len(p) for p in prompts])
+
+        pipeline = LogitsPipeline(rows, self.vocab_size, banned)
+        seen = torch.zeros(batch, self.vocab_size, dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            seen[i, prompt] = True
+        generator = self._generators(rows)
+
+        self._ensure_cache(batch, capacity)
+        positions = (valid[:, :width].cumsum(-1) - 1).clamp(min=0)
+        mask = self._prefill_mask(valid[:, :width]) if padded else None
+        logits = self._forward(ids, positions, 0, mask, last_only=True).float()
+        count = [0] * batch
+        finished = [False] * batch
+        column = width
+        while True:
+            tokens = pipeline.choose(logits, seen, generator)
+            token_list = tokens.tolist()
+            for i, token in enumerate(token_list):
+                if finished[i]:
+                    continue
+                count[i] += 1
+                if (rows[i].stop_at_eos and token in eos_ids) or count[i] >= budget[i]:
+                    finished[i] = True
+            yield Step(token_list, list(finished))
+            if all(finished):
+                return
+            seen.scatter_(1, tokens[:, None], True)
+            positions = (lengths + (column - width)).unsqueeze(1)
+            mask = valid[:, None, None, : column + 1] if padded else None
+            logits = self._step(tokens[:, None], positions, column, mask, True).float()
+            column += 1
+
+    @staticmethod
+    def _generators(rows: list[SamplingParams]) -> torch.Generator | list[torch.Generator] | None:
+        seeds = [p.seed for p in rows]
+        if all(s is None for s in seeds):
+            return None  # torch's global RNG, like HF generate
+        if len(set(seeds)) == 1:
+            return torch.Generator().manual_seed(seeds[0])
+        return [torch.Generator().manual_seed(s) if s is not None else torch.Generator() for s in seeds]
+
+    def fit_prompt(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        """Keep the last tokens of a prompt that does not fit the context, with a warning.
+
+        A prompt of at least the context length keeps its last `context - room` tokens, where
+        room = min(max_new_tokens, context // 2) is left for the answer.
+        """
+        if len(prompt) < self.max_positions:
+            return prompt
+        keep = self.max_positions - min(max_new_tokens, self.max_positions // 2)
+        log.warning(
+            "prompt of %d tokens does not fit the %d-token context; keeping its last %d tokens",
+            len(prompt),
+            self.max_positions,
+            keep,
+        )
+        return prompt[-keep:]

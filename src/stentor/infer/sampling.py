@@ -1,0 +1,156 @@
+"""Sampling parameters and the logits pipeline, numerically the same as Hugging Face's processors.
+
+Order and arithmetic follow `transformers` generate: repetition penalty (on every token of
+prompt + generated text), then temperature, top-k, top-p, min-p, then softmax + multinomial.
+Each stage takes per-row parameters so one batch can mix requests with different settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from stentor.errors import StentorError
+from stentor.model.build import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token. Defaults are the card's recommended settings.
+
+    `greedy` takes the arg-max after the repetition penalty (HF `do_sample=False`);
+    `top_k=0`, `top_p=1`, `min_p=None`, `repetition_penalty=1` switch a stage off.
+    """
+
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
+    top_k: int = 0
+    min_p: float | None = None
+    repetition_penalty: float = SAMPLING_DEFAULTS["repetition_penalty"]
+    greedy: bool = False
+    seed: int | None = None
+    num_samples: int = 1
+    max_new_tokens: int = MAX_NEW_TOKENS_DEFAULT
+    stop_at_eos: bool = True
+    suppress_replacement_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value, rule: str) -> StentorError:
+            return StentorError(f"invalid sampling setting {name}={value!r}: {rule}")
+
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(name, value, "must be a finite number")
+        if self.temperature < 0:
+            raise bad("temperature", self.temperature, "must be >= 0 (0 means greedy)")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", self.top_p, "must be in (0, 1]; use 1 to switch top-p off")
+        if self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", self.repetition_penalty, "must be > 0; use 1 to switch it off")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad("top_k", self.top_k, "must be an integer >= 0; use 0 to switch top-k off")
+        if self.min_p is not None and (
+            isinstance(self.min_p, bool) or not isinstance(self.min_p, (int, float)) or not 0 <= self.min_p <= 1
+        ):
+            raise bad("min_p", self.min_p, "must be in [0, 1] or unset")
+        for name in ("max_new_tokens", "num_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise bad(name, value, "must be a positive integer")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise bad("seed", self.seed, "must be a non-negative integer")
+
+    @property
+    def do_sample(self) -> bool:
+        return not self.greedy and self.temperature > 0
+
+    def replace(self, **changes) -> SamplingParams:
+        return replace(self, **changes)
+
+
+def _column(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(1)
+
+
+class LogitsPipeline:
+    """The per-step logits transform for a batch whose rows may use different `SamplingParams`.
+
+    Stages that no row needs are skipped, so the card's settings cost four small ops and a sort.
+    """
+
+    def __init__(self, rows: list[SamplingParams], vocab_size: int, banned: torch.Tensor | None = None):
+        like = torch.empty(0)
+        self.vocab_size = vocab_size
+        self.penalty = _column([p.repetition_penalty for p in rows], like)
+        self.use_penalty = any(p.repetition_penalty != 1.0 for p in rows)
+        sampled = [p for p in rows if p.do_sample]
+        # Warpers only apply to sampled rows; greedy rows get neutral values and take the arg-max.
+        self.temperature = _column([p.temperature if p.do_sample else 1.0 for p in rows], like)
+        self.use_temperature = any(p.temperature != 1.0 for p in sampled)
+        self.top_k = torch.tensor([[p.top_k if p.do_sample and p.top_k else vocab_size] for p in rows]).clamp_(
+            max=vocab_size
+        )
+        self.use_top_k = any(p.top_k for p in sampled)
+        self.top_p = _column([p.top_p if p.do_sample else 1.0 for p in rows], like)
+        self.use_top_p = any(p.top_p < 1.0 for p in sampled)
+        self.min_p = _column([(p.min_p or 0.0) if p.do_sample else 0.0 for p in rows], like)
+        self.use_min_p = any(p.min_p is not None for p in sampled)
+        self.greedy_rows = torch.tensor([not p.do_sample for p in rows])
+        self.all_greedy = not sampled
+        self.any_greedy = len(sampled) < len(rows)
+        self.banned = banned
+
+    def penalize(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """HF RepetitionPenaltyLogitsProcessor: on seen tokens divide positive logits, multiply negative ones."""
+        if self.banned is not None:
+            logits = logits.masked_fill(self.banned, -math.inf)
+        if not self.use_penalty:
+            return logits
+        penalized = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+        return torch.where(seen, penalized, logits)
+
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        """Temperature, top-k, top-p and min-p as HF's warpers compute them."""
+        if self.use_temperature:
+            scores = scores / self.temperature
+        if self.use_top_k:
+            kth = torch.sort(scores, descending=True).values.gather(1, self.top_k - 1)
+            scores = scores.masked_fill(scores < kth, -math.inf)
+        if self.use_top_p:
+            sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            remove_sorted = cumulative <= (1 - self.top_p)
+            remove_sorted[:, -1] = False
+            remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+            scores = scores.masked_fill(remove, -math.inf)
+        if self.use_min_p:
+            probs = scores.softmax(dim=-1)
+            threshold = self.min_p * probs.amax(dim=-1, keepdim=True)
+            remove = probs < threshold
+            remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
+            scores = scores.masked_fill(remove, -math.inf)
+        return scores
+
+    def choose(
+        self, logits: torch.Tensor, seen: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
+    ) -> torch.Tensor:
+        """The next token of every row, shape [batch].
+
+        One generator draws for the whole batch in one call, as HF does; a list gives each row
+        its own stream (requests with their own seed sharing a batch).
+        """
+        scores = self.penalize(logits, seen)
+        if self.all_greedy:
+            return scores.argmax(dim=-1)
+        probs = self.warp(scores).softmax(dim=-1)
+        if isinstance(generator, list):
+            tokens = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)])
+        else:
+            tokens = torch.multinomial(probs, num_samples=1, generator=generator)
+        tokens = tokens.squeeze(1)
+        if self.any_greedy:
+            tokens = torch.where(self.greedy_rows, scores.argmax(dim=-1), tokens)
+        return tokens
