@@ -1249,5 +1249,490 @@ def load_vocab(path: str | os.PathLike) -> Vocab:
     return Vocab.load(path)
 
 
-def build_vocab_from_yaml(source: Any) -> Vocab:
-    raise NotImplementedError
+# --- YAML -----------------------------------------------------------------------------------
+
+_YAML_DQ_ESCAPES = {"0": "\0", "a": "\a", "b": "\b", "t": "\t", "\t": "\t", "n": "\n", "v": "\v", "f": "\f",
+                    "r": "\r", "e": "\x1b", " ": " ", '"': '"', "/": "/", "\\": "\\", "N": "\x85",
+                    "_": "\xa0", "L": "\u2028", "P": "\u2029"}
+_YAML_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)$")
+_YAML_PLAIN_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+
+
+def _yaml_scalar(text: str, where: str) -> tuple[Any, str]:
+    """Parse one scalar at the start of `text`; returns (value, rest of the line after it)."""
+    if text.startswith('"'):
+        out: list[str] = []
+        i = 1
+        while i < len(text):
+            ch = text[i]
+            if ch == '"':
+                return "".join(out), text[i + 1:]
+            if ch == "\\":
+                esc = text[i + 1: i + 2]
+                if esc in _YAML_DQ_ESCAPES:
+                    out.append(_YAML_DQ_ESCAPES[esc])
+                    i += 2
+                    continue
+                width = {"x": 2, "u": 4, "U": 8}.get(esc)
+                digits = text[i + 2: i + 2 + width] if width else ""
+                if not width or len(digits) != width or not all(c in "0123456789abcdefABCDEF" for c in digits):
+                    raise VocabError(f"{where}: bad escape in double-quoted string")
+                cp = int(digits, 16)
+                if cp > 0x10FFFF:
+                    raise VocabError(f"{where}: escape beyond U+10FFFF")
+                out.append(chr(cp))
+                i += 2 + width
+                continue
+            out.append(ch)
+            i += 1
+        raise VocabError(f"{where}: unterminated double-quoted string")
+    if text.startswith("'"):
+        out = []
+        i = 1
+        while i < len(text):
+            if text[i] == "'":
+                if text[i + 1: i + 2] == "'":
+                    out.append("'")
+                    i += 2
+                    continue
+                return "".join(out), text[i + 1:]
+            out.append(text[i])
+            i += 1
+        raise VocabError(f"{where}: unterminated single-quoted string")
+    cut = re.search(r"\s#", text)
+    raw = (text[: cut.start()] if cut else text).strip()
+    low = raw.lower()
+    if low in ("true", "yes", "on"):
+        return True, ""
+    if low in ("false", "no", "off"):
+        return False, ""
+    if low in ("", "~", "null"):
+        return None, ""
+    if _YAML_PLAIN_INT.match(raw):
+        return int(raw), ""
+    if _YAML_PLAIN_FLOAT.match(raw):
+        return float(raw), ""
+    return raw, ""
+
+
+def _yaml_key_value(line: str, where: str) -> tuple[str, Any, bool]:
+    """`key: value` -> (key, value, has_value)."""
+    m = re.match(r"([A-Za-z0-9_-]+)\s*:(\s|$)", line)
+    if not m:
+        raise VocabError(f"{where}: expected 'key: value', got {line.strip()[:40]!r}")
+    rest = line[m.end():].lstrip()
+    if not rest or rest.startswith("#"):
+        return m.group(1), None, False
+    value, tail = _yaml_scalar(rest, where)
+    if tail.strip() and not tail.strip().startswith("#"):
+        raise VocabError(f"{where}: unexpected text after the value of {m.group(1)!r}")
+    return m.group(1), value, True
+
+
+def parse_vocab_yaml(text: str, name: str = "<yaml>") -> dict[str, Any]:
+    """Parse the YAML subset vocabulary files use: top-level scalars and lists of flat mappings.
+
+    A dedicated parser keeps this module free of third-party imports; it handles the quoting
+    and escapes upstream's files use (double-quoted escapes, single quotes, comments).
+    """
+    result: dict[str, Any] = {}
+    current_list: list[dict[str, Any]] | None = None
+    item: dict[str, Any] | None = None
+    item_indent = -1
+    for lineno, line in enumerate(text.splitlines(), 1):
+        where = f"{name}: line {lineno}"
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped in ("---", "..."):
+            continue
+        if "\t" in line[: len(line) - len(line.lstrip())]:
+            raise VocabError(f"{where}: tabs are not allowed for indentation")
+        indent = len(line) - len(line.lstrip(" "))
+        if indent == 0:
+            key, value, has_value = _yaml_key_value(line, where)
+            if has_value:
+                result[key] = value
+                current_list = None
+            else:
+                current_list = []
+                result[key] = current_list
+            item = None
+            continue
+        if current_list is None:
+            raise VocabError(f"{where}: indented line outside a list")
+        body = line.lstrip(" ")
+        if body.startswith("- ") or body == "-":
+            item = {}
+            current_list.append(item)
+            item_indent = indent + 2 + (len(body[1:]) - len(body[1:].lstrip(" ")) - 1 if len(body) > 1 else 0)
+            body = body[1:].lstrip(" ")
+            if not body or body.startswith("#"):
+                continue
+        elif item is None or indent < item_indent:
+            raise VocabError(f"{where}: mapping entry outside a list item")
+        key, value, _ = _yaml_key_value(body, where)
+        item[key] = value
+    return result
+
+
+# --- building a vocabulary from a token list (upstream NewVocabFromYAML) ------------------------
+
+_EXTENDED_CHARS = "£€©®™°%¢¥—–•‘’“”áéíóúýàèìòùâêîôûäëïöüñãõçåæœ"
+_HEX_TOKEN = re.compile(r"TokenMonsterHexEncode\{([0-9a-fA-F]*)\}$")
+
+
+def _runes(tok: bytes) -> list[int]:
+    """Code points as Go decodes them: an invalid byte is U+FFFD of width 1."""
+    out = []
+    i, n = 0, len(tok)
+    while i < n:
+        cp, w = _decode_rune(tok, i, n)
+        out.append(0xFFFD if cp < 0 else cp)
+        i += w
+    return out
+
+
+class _BuildClasses:
+    """Character classes the builder uses (note §8.3), for one capcode level."""
+
+    def __init__(self, capcode: int) -> None:
+        self.capcode = capcode
+
+    def letter(self, cp: int) -> bool:
+        p = go_props(cp)
+        if p & P_MARK:
+            return True
+        return bool(p & P_LETTER) and not (self.capcode == 2 and cp in (0x43, 0x57, 0x44))
+
+    def number(self, cp: int) -> bool:
+        return bool(go_props(cp) & P_NUMBER)
+
+    def alnum(self, cp: int) -> bool:
+        return self.letter(cp) or self.number(cp)
+
+    def marker(self, cp: int) -> bool:
+        return cp in (0x43, 0x57, 0x44) if self.capcode == 2 else cp == 0x7F if self.capcode == 1 else False
+
+    @staticmethod
+    def space(cp: int) -> bool:
+        return cp in _GO_WHITE_SPACE
+
+
+def _last_rune(tok: bytes) -> int:
+    runes = _runes(tok)
+    return runes[-1] if runes else 0xFFFD
+
+
+def _record_properties(tok: bytes, cls: _BuildClasses, index_of: Mapping[bytes, int],
+                       counts: list[list[int]]) -> tuple[int, int, int, int]:
+    """(flags, nWords, alt1, alt2) of a regular record; updates the begin-byte counts."""
+    runes = _runes(tok)
+    r1 = runes[0]
+    r2 = runes[1] if len(runes) > 1 else 0xFFFD
+    flags = nwords = 0
+    min_alt = 1
+    if r1 == 0x20:
+        flags |= 4
+        counts[1][tok[0]] += 1
+        if cls.alnum(r2):
+            nwords += 1
+            min_alt = 2
+    elif cls.letter(r1):
+        flags |= 2
+        counts[0][tok[0]] += 1
+    elif cls.marker(r1):
+        if r1 in (0x43, 0x57):
+            flags |= 4
+        flags |= 16
+        counts[2][tok[0]] += 1
+    elif cls.number(r1):
+        counts[3][tok[0]] += 1
+    else:
+        counts[2][tok[0]] += 1
+    if len(tok) == 1:
+        letters, digits, punct = False, False, True
+    else:
+        letters = (r1 == 0x20 or cls.letter(r1)) and cls.letter(r2)
+        digits = (r1 == 0x20 or cls.number(r1)) and cls.number(r2)
+        punct = not cls.alnum(r1) and not cls.alnum(r2)
+        prev = r2
+        for r in runes[2:]:
+            if prev == 0x20 and cls.alnum(r):
+                nwords += 1
+            if cls.letter(r):
+                punct = digits = False
+            elif cls.number(r):
+                punct = letters = False
+            elif r != 0x20:
+                letters = digits = False
+            prev = r
+    last = runes[-1]
+    if min_alt == 2 and cls.letter(last) and letters and nwords == 1:
+        flags |= 32
+    if min_alt == 2 and nwords <= 1:
+        min_alt = 1
+    if cls.marker(last):
+        flags |= 8
+    if cls.letter(last):
+        flags |= 1
+    if letters or digits or punct:
+        flags |= 128
+    suffix_at = -1
+    for suffix in (b"'s", "\u2019s".encode()):
+        if tok.endswith(suffix) and len(tok) > len(suffix):
+            if cls.letter(_last_rune(tok[: -len(suffix)])):
+                suffix_at = len(tok) - len(suffix)
+            break
+    slots = [[NONE24, 0, 0], [NONE24, 0, 0]]  # index, length, priority
+    for cut in range(len(tok) - 1, min_alt - 1, -1):
+        idx = index_of.get(tok[:cut])
+        if idx is None:
+            continue
+        prefix_last = _last_rune(tok[:cut])
+        rest = _runes(tok[cut:])
+        cont = rest[0]
+        cont2 = rest[1] if len(rest) > 1 else 0xFFFD
+        stop = False
+        if cont == 0x20 and cls.alnum(cont2):
+            priority = 10
+        elif cls.capcode == 0 and (
+                (not cls.letter(prefix_last) and prefix_last != 0x5F and (cls.letter(cont) or cont == 0x5F))
+                or (not cls.number(prefix_last) and cls.number(cont))):
+            priority = 9
+        elif ((cls.letter(prefix_last) or prefix_last == 0x5F) and not (cls.letter(cont) or cont == 0x5F)) or (
+                cls.number(prefix_last) and not cls.number(cont)):
+            priority = 9
+        elif cls.space(prefix_last) and not cls.space(cont):
+            priority = 7
+        elif not cls.space(prefix_last) and cls.space(cont):
+            priority = 8
+        elif cls.marker(cont):
+            priority = 9
+        elif cut == suffix_at:  # upstream tests this last, after the letter rule has usually matched
+            priority, stop = 8, True
+        else:
+            priority = 1
+        s1, s2 = slots
+        target = s1 if (s1[2] < s2[2] or (s1[2] == s2[2] and s1[1] <= s2[1])) else s2
+        if priority > target[2]:
+            target[:] = [idx, cut, priority]
+        if stop:
+            break
+    s1, s2 = slots
+    if s2[0] != NONE24 and (s2[2] > s1[2] or (s2[2] == s1[2] and s2[1] > s1[1])):
+        s1, s2 = s2, s1
+    return flags, nwords, s1[0], s2[0]
+
+
+def _begin_class(letter: int, space: int, other: int, number: int) -> int:
+    if letter > max(space, other, number) and letter > 2:
+        return 1
+    if space > max(letter, other, number) and space > 2:
+        return 12
+    if other > max(letter, space, number) and other > 2:
+        return 10
+    return 0
+
+
+def _yaml_bool(cfg: Mapping[str, Any], key: str) -> bool:
+    value = cfg.get(key, False)
+    if not isinstance(value, bool) and value is not None:
+        raise VocabError(f"{key} must be true or false, not {value!r}")
+    return bool(value)
+
+
+def _yaml_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VocabError(f"{what} must be an integer, not {value!r}")
+    return value
+
+
+def build_vocab_from_yaml(source: str | bytes | os.PathLike | Mapping[str, Any]) -> Vocab:
+    """Build a vocabulary like upstream NewVocabFromYAML (ids, flags, alternatives, variants, UNK).
+
+    `source` is a parsed mapping, YAML text (str or bytes), or the path of a YAML file (a str
+    naming an existing file is read as a path).
+    """
+    name = "<yaml>"
+    if isinstance(source, Mapping):
+        cfg = dict(source)
+    else:
+        if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source
+                                                and os.path.isfile(source)):
+            name = Path(source).name
+            try:
+                source = Path(source).read_bytes()
+            except OSError as exc:
+                raise VocabError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        if isinstance(source, bytes):
+            try:
+                source = source.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise VocabError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        cfg = parse_vocab_yaml(source, name)
+    try:
+        return _build(cfg)
+    except VocabError as exc:
+        raise VocabError(f"{name}: {exc}") from None
+
+
+def _build(cfg: Mapping[str, Any]) -> Vocab:
+    charset_name = str(cfg.get("charset") or "").lower()
+    charset = 1 if charset_name in ("utf-8", "utf8") else 2 if charset_name in ("utf-16", "utf16") else 0
+    norm = parse_normalization(str(cfg.get("normalization") or ""))
+    capcode = _yaml_int(cfg.get("capcode", 0) or 0, "capcode")
+    if not 0 <= capcode <= 2:
+        raise VocabError(f"capcode must be 0, 1 or 2, not {capcode}")
+    include = [_yaml_bool(cfg, k) for k in ("include-256-bytes", "include-128-bytes", "include-utf8-bytes",
+                                            "include-ascii-bytes", "include-extended-bytes",
+                                            "exclude-other-bytes")]
+    if cfg.get("training-param") is not None:
+        tparam = _yaml_int(cfg["training-param"], "training-param")
+        mode = tparam & 7
+    else:
+        tparam, mode = 0, 5
+    reserve = sum(1 << bit for bit, on in enumerate(include) if on) if any(include) else (tparam >> 3) & 0xFF
+    reset = _yaml_bool(cfg, "reset-token-ids")
+    use_unk = _yaml_bool(cfg, "unk")
+    unk_pin = None if reset or cfg.get("unk-id") is None else _yaml_int(cfg["unk-id"], "unk-id")
+    cls = _BuildClasses(capcode)
+
+    def items(key: str) -> list[Mapping[str, Any]]:
+        value = cfg.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            raise VocabError(f"{key} must be a list of mappings")
+        return value
+
+    def token_bytes(item: Mapping[str, Any], where: str) -> bytes | None:
+        raw = item.get("token")
+        if raw is None:
+            return None
+        raw = str(raw)
+        hexed = _HEX_TOKEN.match(raw)
+        if hexed and len(hexed.group(1)) % 2 == 0:
+            data = bytes.fromhex(hexed.group(1))
+        else:
+            data = raw.encode("utf-8", "surrogatepass")
+        if not item.get("encoded", False):
+            data = capcode_encode(normalize(data, norm), capcode)
+        return data
+
+    def pin_of(item: Mapping[str, Any], where: str) -> int | None:
+        if reset or item.get("id") is None:
+            return None
+        pin = _yaml_int(item["id"], f"{where} id")
+        if not 0 <= pin <= MAX_ID:
+            raise VocabError(f"{where} id {pin} is outside 0..{MAX_ID}")
+        return pin
+
+    def score_of(item: Mapping[str, Any]) -> float:
+        value = item.get("score")
+        if value is None:
+            return 0.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise VocabError(f"score must be a number, not {value!r}")
+        return float(value) if value > 0 else 0.0
+
+    delete_set: set[bytes] = set()
+    for item in items("delete"):
+        tok = token_bytes(item, "delete")
+        if tok:
+            delete_set.add(tok)
+    removed: list[bytes] = []
+    specials: dict[bytes, tuple[int | None, float]] = {}
+    for item in items("special"):
+        tok = token_bytes(item, "special")
+        if not tok or tok in delete_set:
+            continue
+        specials[tok] = (pin_of(item, "special"), score_of(item))
+        delete_set.add(tok)
+    ascii_bytes = set(range(32, 127)) | {9, 10, 13} | ({0x7F} if capcode == 1 else set())
+    single: set[int] = set()
+    if include[0]:
+        single |= set(range(256))
+    if include[1]:
+        single |= set(range(128))
+    if include[2]:
+        single |= ascii_bytes | set(range(0x80, 0xC0)) | set(range(0xC2, 0xF5))
+    if include[3]:
+        single |= ascii_bytes
+    if include[4]:
+        chars = _EXTENDED_CHARS if capcode == 2 or norm & 2 else _EXTENDED_CHARS + _EXTENDED_CHARS.upper()
+        single |= ascii_bytes | set(normalize(chars.encode(), norm))
+    if capcode == 2:
+        single -= set(range(0x41, 0x5B)) - {0x43, 0x44, 0x57}
+    regular: dict[bytes, tuple[int | None, float]] = {}
+    for item in items("tokens"):
+        tok = token_bytes(item, "token")
+        if not tok or len(tok) > MAX_TOKEN_LEN:
+            continue
+        if tok in delete_set:
+            if tok not in specials and tok not in removed:
+                removed.append(tok)
+            continue
+        if any(sp in tok for sp in specials):
+            continue
+        if len(tok) == 1:
+            if not include[5]:
+                single.add(tok[0])
+            continue
+        if tok not in regular:
+            regular[tok] = (pin_of(item, "token"), score_of(item))
+    base: dict[bytes, tuple[int | None, float]] = {bytes([b]): (None, 0.0) for b in single}
+    base.update(regular)
+    base.update(specials)
+    order = sorted(base, key=lambda t: (len(t), t))
+    vocab_size = len(order)
+    single_count = sum(1 for t in order if len(t) == 1)
+    pins = {pin for pin, _ in base.values() if pin is not None}
+    unk_id: int | None = None
+    if use_unk and single_count < (233 if capcode == 2 else 256):
+        if unk_pin is not None:
+            unk_id = unk_pin
+        else:
+            unk_id = len(order)
+            if unk_id in pins:
+                unk_id = next(i for i in range(len(order) + len(pins) + 1) if i not in pins)
+        vocab_size += 1
+    reserved = pins | ({unk_id} if unk_id is not None else set())
+    marker = b"D " if capcode == 2 else b"\x7f "
+    entries: dict[bytes, list[Any]] = {}  # token -> [id, score_bits, special]
+    duplicates: list[bytes] = []
+    free = 0
+    for tok in order:
+        pin, score = base[tok]
+        is_special = tok in specials
+        if tok in entries:
+            duplicates.append(tok)
+            continue
+        if pin is not None:
+            tid = pin
+        else:
+            while free in reserved:
+                free += 1
+            tid = free
+            free += 1
+        entries[tok] = [tid, _f32_bits(score), is_special]
+        if capcode and cls.alnum(_runes(tok)[0]) and len(tok) + 2 <= MAX_TOKEN_LEN:
+            variant = marker + tok
+            if variant not in entries:
+                entries[variant] = [tid, _f32_bits(-1.0), is_special]
+    tokens = sorted([*entries, *duplicates], key=lambda t: (len(t), t))
+    index_of = {tok: i for i, tok in enumerate(tokens)}
+    counts = [[0] * 256 for _ in range(4)]  # letter, space, other, number
+    records = []
+    for tok in tokens:
+        tid, bits, is_special = entries[tok]
+        if is_special:
+            records.append(_Record(tok, 64, 0, NONE24, NONE24, tid, bits))
+        else:
+            flags, nwords, alt1, alt2 = _record_properties(tok, cls, index_of, counts)
+            records.append(_Record(tok, flags, nwords, alt1, alt2, tid, bits))
+    begin = bytes(_begin_class(counts[0][b], counts[1][b], counts[2][b], counts[3][b]) for b in range(256))
+    ids = [r.id for r in records]
+    table_size = max([vocab_size, *(i + 1 for i in ids), (unk_id + 1) if unk_id is not None else 0])
+    marker_tok = b"D" if capcode == 2 else b"\x7f" if capcode == 1 else None
+    delete_id = entries[marker_tok][0] if marker_tok in entries else None
+    return Vocab(capcode=capcode, charset=charset, normalization=norm, mode=mode, reserve=reserve,
+                 unk_id=unk_id, vocab_size=vocab_size, id_table_size=table_size, delete_token_id=delete_id,
+                 records=records, begin_byte=begin, deleted=[_Deleted(t, NONE24, 0) for t in removed],
+                 name="<yaml>")
