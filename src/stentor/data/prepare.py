@@ -1,0 +1,388 @@
+"""Tokenize once: the mixed document stream becomes `train.bin` and `val.bin` token files.
+
+Layout of `out_dir` when done:
+    train.bin, val.bin   flat token streams, each document as <s> ids </s> (uint16 if the vocab fits)
+    meta.json            counts, dtype, tokenizer identity and the config; written last, so it marks completion
+
+The stream is cut into chunks of `CHUNK_DOCS` documents that never straddle the
+validation/train boundary. Chunks are tokenized in worker processes, written in stream
+order as shard files under `out_dir/.work/`, and recorded in `progress.json` after each
+shard, so a killed run resumes at the first unrecorded chunk and produces the same bytes.
+The output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stentor.data.clean import clean_text
+from stentor.data.sources import SourceSpec, check_source, mixed_documents, resolve_files
+from stentor.errors import StentorError
+from stentor.fileio import atomic_file, atomic_write_bytes, atomic_write_text, ensure_writable_dir
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CHUNK_DOCS = 256  # documents per shard: small enough to lose little on a kill, large enough for fast batch encoding
+WORK_DIR = ".work"
+
+
+def card_sources() -> list[SourceSpec]:
+    """The card's training mix: FineWeb-HQ and StenCore, streamed from the hub, equal weights."""
+    return [SourceSpec(hf_id="epfml/FineWeb-HQ"), SourceSpec(hf_id="StentorLabs/StenCore")]
+
+
+@dataclass
+class DataConfig:
+    """What to tokenize. Defaults are the card's: 2,000 validation documents, 240M source tokens."""
+
+    sources: list[SourceSpec] = field(default_factory=card_sources)
+    val_docs: int = 2000
+    source_token_budget: int | None = 240_000_000
+    max_val_tokens: int | None = None
+    clean: bool = True
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        self.sources = [SourceSpec(**s) if isinstance(s, dict) else s for s in self.sources]
+        if not self.sources:
+            raise StentorError("the data config has no sources; add at least one `path` or `hf_id` source")
+        if self.val_docs < 0:
+            raise StentorError(f"val_docs must be >= 0 (got {self.val_docs})")
+        for name in ("source_token_budget", "max_val_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise StentorError(f"{name} must be a positive token count or null for no cap (got {value})")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise StentorError(f"unknown data config keys: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        for s in d.get("sources", []):
+            bad = sorted(set(s) - {f.name for f in dataclasses.fields(SourceSpec)}) if isinstance(s, dict) else ["(not a mapping)"]
+            if bad:
+                raise StentorError(f"unknown source keys: {', '.join(bad)}; a source takes path or hf_id, hf_config, split, text_field, weight, txt_mode")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PreparedData:
+    """The result of `prepare_data`: memory-mapped token streams plus their metadata."""
+
+    out_dir: Path
+    meta: dict[str, Any]
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> PreparedData:
+        out_dir = Path(out_dir)
+        meta_path = out_dir / "meta.json"
+        if not meta_path.is_file():
+            raise StentorError(f"no prepared data in {out_dir} (meta.json missing); run `stentor data prepare` first")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise StentorError(f"{out_dir} holds data format {meta.get('format_version')}, this stentor reads {FORMAT_VERSION}; prepare it again")
+        dtype = np.dtype(meta["dtype"])
+        tokens = {split: _map_tokens(out_dir / f"{split}.bin", dtype, meta[f"{split}_tokens"]) for split in ("train", "val")}
+        return cls(out_dir, meta, tokens["train"], tokens["val"])
+
+    def num_blocks(self, block_size: int, split: str = "train") -> int:
+        """How many packed blocks of `block_size` the split gives (the last one may be partial)."""
+        n = len(self.train_tokens if split == "train" else self.val_tokens)
+        return -(-n // block_size)
+
+
+def _map_tokens(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
+    if not path.is_file() or path.stat().st_size != count * dtype.itemsize:
+        raise StentorError(f"{path} is missing or does not hold the {count} tokens meta.json records; prepare the data again")
+    if count == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+# --- tokenizer identity -------------------------------------------------------------------------
+
+
+def _special_ids(tokenizer) -> tuple[int, int]:
+    bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+    if bos is None or eos is None:
+        raise StentorError("the tokenizer needs both a BOS and an EOS token (documents are stored as <s> text </s>); set bos_token and eos_token")
+    return int(bos), int(eos)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 halves disk and page-cache use whenever every id fits in it (Stentor's 8,064 do)."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A digest of what decides the token ids: vocabulary, merges/model and special tokens."""
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    h.update(json.dumps(_special_ids(tokenizer)).encode())
+    return h.hexdigest()
+
+
+def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    if callable(tokenizer):  # HF tokenizers encode a whole list in one (Rust, for fast ones) call
+        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+def encode_chunk(tokenizer, texts: list[str], clean: bool, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize documents into one flat <s> ids </s> stream; also return each document's length."""
+    bos, eos = _special_ids(tokenizer)
+    if clean:
+        texts = [clean_text(t) for t in texts]
+    docs = [[bos, *ids, eos] for ids in _encode_texts(tokenizer, texts)]
+    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+    flat = np.fromiter((t for d in docs for t in d), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths
+
+
+# Worker processes hold the tokenizer in a global, loaded once by the pool initializer.
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer_bytes: bytes) -> None:
+    global _worker_tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
+    _worker_tokenizer = pickle.loads(tokenizer_bytes)  # our own tokenizer, pickled by the parent a moment ago
+
+
+def _worker_encode(job: tuple[list[str], bool, str]) -> tuple[np.ndarray, np.ndarray]:
+    texts, clean, dtype = job
+    return encode_chunk(_worker_tokenizer, texts, clean, np.dtype(dtype))
+
+
+# --- the document stream -----------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    split: str
+    texts: list[str]
+    raw_end: int  # raw documents consumed from the mixed stream after this chunk
+    doc_end: int  # non-empty documents seen after this chunk
+
+
+def _chunks(cfg: DataConfig, raw_start: int, doc_start: int) -> Iterator[_Chunk]:
+    """Cut the mixed stream into chunks, skipping what an earlier run already tokenized.
+
+    Whitespace-only documents are dropped (they would become bare <s></s>); the first
+    `val_docs` remaining documents form the validation split.
+    """
+    raw, doc = 0, doc_start
+    texts: list[str] = []
+    split = "val" if doc < cfg.val_docs else "train"
+    for text in mixed_documents(cfg.sources, cfg.seed):
+        raw += 1
+        if raw <= raw_start:
+            continue
+        if not isinstance(text, str):
+            raise StentorError(f"a source yielded a {type(text).__name__} where text was expected; check text_field")
+        if not text.strip():
+            continue
+        doc_split = "val" if doc < cfg.val_docs else "train"
+        if texts and doc_split != split:
+            yield _Chunk(split, texts, raw - 1, doc)
+            texts = []
+        split = doc_split
+        texts.append(text)
+        doc += 1
+        if len(texts) == CHUNK_DOCS:
+            yield _Chunk(split, texts, raw, doc)
+            texts = []
+    if doc <= cfg.val_docs:
+        raise StentorError(
+            f"the sources hold only {doc} non-empty documents, but val_docs={cfg.val_docs} are held out for validation "
+            "and training needs at least one more; lower val_docs or add data"
+        )
+    if texts:
+        yield _Chunk(split, texts, raw, doc)
+
+
+def _ordered_map(chunks: Iterator[_Chunk], encode, pool, window: int) -> Iterator[tuple[_Chunk, tuple[np.ndarray, np.ndarray]]]:
+    """Encode chunks in order, keeping at most `window` in flight so memory stays bounded."""
+    if pool is None:
+        for chunk in chunks:
+            yield chunk, encode(chunk)
+        return
+    pending: collections.deque = collections.deque()
+    for chunk in chunks:
+        pending.append((chunk, pool.apply_async(_worker_encode, (encode(chunk),))))
+        if len(pending) >= window:
+            done, result = pending.popleft()
+            yield done, result.get()
+    while pending:
+        done, result = pending.popleft()
+        yield done, result.get()
+
+
+# --- preparation -------------------------------------------------------------------------------
+
+
+def _fingerprint(cfg: DataConfig, tok_hash: str) -> str:
+    """Identity of a preparation: config, tokenizer, format, and the size/mtime of local files."""
+    files = []
+    for spec in cfg.sources:
+        if spec.path is not None:
+            files.append([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in resolve_files(spec)])
+    blob = json.dumps({"v": FORMAT_VERSION, "cfg": cfg.to_dict(), "tok": tok_hash, "files": files}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _load_progress(work: Path, fingerprint: str) -> dict[str, Any]:
+    fresh = {"fingerprint": fingerprint, "raw_pos": 0, "doc_pos": 0, "shards": [], "complete": False,
+             "tokens": {"train": 0, "val": 0}, "docs": {"train": 0, "val": 0}, "budget_reached": False}
+    path = work / "progress.json"
+    if path.is_file():
+        progress = json.loads(path.read_text())
+        if progress.get("fingerprint") == fingerprint:
+            log.info("resuming: %d shards already tokenized", len(progress["shards"]))
+            return progress
+        log.info("discarding partial work for a different config or tokenizer in %s", work)
+    shutil.rmtree(work, ignore_errors=True)
+    ensure_writable_dir(work)
+    return fresh
+
+
+def _merge(out_dir: Path, work: Path, progress: dict[str, Any]) -> None:
+    for split in ("train", "val"):
+        with atomic_file(out_dir / f"{split}.bin") as tmp, open(tmp, "wb") as out:
+            for shard in progress["shards"]:
+                if shard["split"] == split:
+                    with open(work / shard["file"], "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 22)
+
+
+def prepare_data(cfg: DataConfig, tokenizer, out_dir: str | os.PathLike, num_workers: int | None = None) -> PreparedData:
+    """Tokenize the configured sources once into `out_dir` (see the module docstring).
+
+    Returns the existing result untouched when `out_dir/meta.json` was made from the same
+    config, tokenizer and local files; resumes a killed run from its last recorded shard.
+    `num_workers` defaults to all cores; 0 or 1 tokenizes in this process.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = ensure_writable_dir(out_dir)
+    bos, eos = _special_ids(tokenizer)
+    vocab_size = len(tokenizer)
+    dtype = token_dtype(vocab_size)
+    tok_hash = tokenizer_hash(tokenizer)
+    for spec in cfg.sources:  # fail on bad paths, fields or empty sources before any work
+        check_source(spec)
+    fingerprint = _fingerprint(cfg, tok_hash)
+
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file():
+        if json.loads(meta_path.read_text()).get("fingerprint") == fingerprint:
+            log.info("%s already holds this preparation; reusing it", out_dir)
+            return PreparedData.load(out_dir)
+        meta_path.unlink()  # the .bin files are about to change; never leave a meta.json that lies
+
+    work = out_dir / WORK_DIR
+    progress = _load_progress(work, fingerprint)
+    if not progress["complete"]:
+        _tokenize(cfg, tokenizer, dtype, work, progress, num_workers, tqdm)
+    _merge(out_dir, work, progress)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "dtype": dtype.name,
+        "train_tokens": progress["tokens"]["train"],
+        "val_tokens": progress["tokens"]["val"],
+        "train_docs": progress["docs"]["train"],
+        "val_docs": progress["docs"]["val"],
+        "budget_reached": progress["budget_reached"],
+        "tokenizer_name": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+        "tokenizer_hash": tok_hash,
+        "vocab_size": vocab_size,
+        "bos_id": bos,
+        "eos_id": eos,
+        "config": cfg.to_dict(),
+    }
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("prepared %d train tokens (%d docs) and %d val tokens (%d docs) in %s",
+             meta["train_tokens"], meta["train_docs"], meta["val_tokens"], meta["val_docs"], out_dir)
+    return PreparedData.load(out_dir)
+
+
+def _tokenize(cfg: DataConfig, tokenizer, dtype: np.dtype, work: Path, progress: dict[str, Any], num_workers: int | None, tqdm) -> None:
+    """Encode the remaining chunks in order, writing one shard and one progress record per chunk."""
+    caps = {"train": cfg.source_token_budget, "val": cfg.max_val_tokens}
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0))
+    tokenizer_bytes = None
+    if num_workers > 1:
+        try:
+            tokenizer_bytes = pickle.dumps(tokenizer)
+        except Exception as exc:  # e.g. a tokenizer holding a live subprocess
+            log.warning("tokenizer cannot be sent to worker processes (%s); tokenizing in this process", exc)
+            num_workers = 0
+
+    def encode(chunk: _Chunk):
+        return (chunk.texts, cfg.clean, dtype.name) if tokenizer_bytes else encode_chunk(tokenizer, chunk.texts, cfg.clean, dtype)
+
+    total = cfg.source_token_budget + (cfg.max_val_tokens or 0) if cfg.source_token_budget else None
+    done_tokens = progress["tokens"]["train"] + progress["tokens"]["val"]
+    start = time.perf_counter()
+    start_docs = progress["doc_pos"]
+    chunks = _chunks(cfg, progress["raw_pos"], progress["doc_pos"])
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if tokenizer_bytes:
+            ctx = multiprocessing.get_context("spawn")  # fork is unsafe with tokenizer threads and torch
+            pool = stack.enter_context(ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer_bytes,)))
+        bar = stack.enter_context(tqdm(total=total, initial=done_tokens, unit="tok", unit_scale=True, desc="tokenizing"))
+        for chunk, (flat, lengths) in _ordered_map(chunks, encode, pool, window=2 * max(num_workers, 1)):
+            split, cap = chunk.split, caps[chunk.split]
+            have = progress["tokens"][split]
+            if cap is not None and have >= cap:  # only val can get here: its cap is reached, skip the rest of it
+                flat, lengths = flat[:0], lengths[:0]
+            elif cap is not None and have + len(flat) > cap:
+                flat = flat[: cap - have]
+                lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), len(flat))) + 1]
+            name = f"{split}-{len(progress['shards']):06d}.bin"
+            atomic_write_bytes(work / name, flat.tobytes())
+            progress["shards"].append({"file": name, "split": split, "tokens": len(flat), "docs": len(lengths)})
+            progress["tokens"][split] += len(flat)
+            progress["docs"][split] += len(lengths)
+            progress["raw_pos"], progress["doc_pos"] = chunk.raw_end, chunk.doc_end
+            finished = split == "train" and cap is not None and progress["tokens"]["train"] >= cap
+            progress["budget_reached"] = finished
+            progress["complete"] = finished
+            atomic_write_text(work / "progress.json", json.dumps(progress))
+            bar.update(len(flat))
+            bar.set_postfix(docs_s=f"{(chunk.doc_end - start_docs) / (time.perf_counter() - start):.0f}", refresh=False)
+            if finished:
+                break
+    progress["complete"] = True
+    atomic_write_text(work / "progress.json", json.dumps(progress))
