@@ -11,12 +11,13 @@ numba (see `Vocab.set_backend`).
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import struct
 import tempfile
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,7 +39,7 @@ MAX_TOKEN_LEN = 40
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_ID = 16777213
 HEADER_LEN = 24
-MIN_RECORD_LEN = 1 + 1 + 2 + 9 + 4 + 1  # length byte, 1 token byte, flags+nWords, 3 u24, f32
+MIN_RECORD_LEN = 1 + 1 + 2 + 9 + 4  # length byte, >= 1 token byte, flags+nWords, 3 u24, f32
 
 # --- Go unicode semantics -------------------------------------------------------------------
 
@@ -53,8 +54,33 @@ _CATEGORY_PROPS = {"Lu": P_LETTER | P_UPPER, "Ll": P_LETTER | P_LOWER, "Lt": P_L
 _APOSTROPHES = (0x27, 0x2019)
 
 
+# Code points Python 3.11 (Unicode 14) assigns but Go 1.19 (Unicode 13) does not: for Go they
+# have no properties and no case mapping. Everywhere else Python's categories agree with Go's.
+_UNICODE14_NEW = (
+    (0x870, 0x887), (0x889, 0x88E), (0x898, 0x89F), (0x8B5, 0x8B5), (0x8C8, 0x8D2), (0xC3C, 0xC3C),
+    (0xC5D, 0xC5D), (0xCDD, 0xCDD), (0x170D, 0x170D), (0x1715, 0x1715), (0x171F, 0x171F), (0x180F, 0x180F),
+    (0x1AC1, 0x1ACE), (0x1B4C, 0x1B4C), (0x1DFA, 0x1DFA), (0x2C2F, 0x2C2F), (0x2C5F, 0x2C5F), (0x9FFD, 0x9FFF),
+    (0xA7C0, 0xA7C1), (0xA7D0, 0xA7D1), (0xA7D3, 0xA7D3), (0xA7D5, 0xA7D9), (0xA7F2, 0xA7F4),
+    (0x10570, 0x1057A), (0x1057C, 0x1058A), (0x1058C, 0x10592), (0x10594, 0x10595), (0x10597, 0x105A1),
+    (0x105A3, 0x105B1), (0x105B3, 0x105B9), (0x105BB, 0x105BC), (0x10780, 0x10785), (0x10787, 0x107B0),
+    (0x107B2, 0x107BA), (0x10F70, 0x10F85), (0x11070, 0x11075), (0x110C2, 0x110C2), (0x11740, 0x11746),
+    (0x11AB0, 0x11ABF), (0x12F90, 0x12FF0), (0x16A70, 0x16ABE), (0x16AC0, 0x16AC9), (0x1AFF0, 0x1AFF3),
+    (0x1AFF5, 0x1AFFB), (0x1AFFD, 0x1AFFE), (0x1B11F, 0x1B122), (0x1CF00, 0x1CF2D), (0x1CF30, 0x1CF46),
+    (0x1DF00, 0x1DF1E), (0x1E290, 0x1E2AE), (0x1E7E0, 0x1E7E6), (0x1E7E8, 0x1E7EB), (0x1E7ED, 0x1E7EE),
+    (0x1E7F0, 0x1E7FE), (0x2A6DE, 0x2A6DF), (0x2B735, 0x2B738),
+)
+_UNICODE14_STARTS = [a for a, _ in _UNICODE14_NEW]
+
+
+def _unknown_to_go(cp: int) -> bool:
+    k = bisect.bisect_right(_UNICODE14_STARTS, cp) - 1
+    return (k >= 0 and cp <= _UNICODE14_NEW[k][1]) or 0xD800 <= cp < 0xE000
+
+
 def go_props(cp: int) -> int:
-    """Go `unicode` predicates of one code point as P_* bits (surrogates: none)."""
+    """Go `unicode` predicates of one code point as P_* bits (surrogates and post-13 characters: none)."""
+    if cp >= 0x870 and _unknown_to_go(cp):
+        return 0
     p = _CATEGORY_PROPS.get(unicodedata.category(chr(cp)), 0)
     if cp in _GO_WHITE_SPACE:
         p |= P_SPACE
@@ -65,12 +91,16 @@ def go_props(cp: int) -> int:
 
 def go_to_lower(cp: int) -> int:
     """Go unicode.ToLower: simple one-to-one mapping (Python's full mapping differs only on U+0130)."""
+    if cp >= 0x870 and _unknown_to_go(cp):
+        return cp
     low = chr(cp).lower()
     return ord(low) if len(low) == 1 else (0x69 if cp == 0x130 else cp)
 
 
 def go_to_upper(cp: int) -> int:
     """Go unicode.ToUpper: Python's result when it is one character, else the single titlecase form."""
+    if cp >= 0x870 and _unknown_to_go(cp):
+        return cp
     up = chr(cp).upper()
     if len(up) == 1:
         return ord(up)
@@ -727,7 +757,7 @@ def _upper_char(ch: str) -> str:
     up = _UPPER_CACHE.get(ch)
     if up is None:
         cp = ord(ch)
-        up = ch if 0xD800 <= cp < 0xE000 else chr(go_to_upper(cp))
+        up = chr(go_to_upper(cp))
         _UPPER_CACHE[ch] = up
     return up
 
@@ -763,7 +793,7 @@ def _decode_cap2(data: bytes, st: _CapDecodeState) -> bytes:
             out.append(_upper_char(ch))
         elif st.word:
             cp = ord(ch)
-            p = 0 if 0xD800 <= cp < 0xE000 else go_props(cp)
+            p = go_props(cp)
             out.append(_upper_char(ch) if p & (P_UPPER | P_LOWER) else ch)
             if not p & (P_LETTER | P_NUMBER | P_APOS | P_MARK):
                 st.word = False
@@ -1339,7 +1369,8 @@ def parse_vocab_yaml(text: str, name: str = "<yaml>") -> dict[str, Any]:
     current_list: list[dict[str, Any]] | None = None
     item: dict[str, Any] | None = None
     item_indent = -1
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): 0x1C-0x1E, U+0085 are token bytes
+        line = line.removesuffix("\r")
         where = f"{name}: line {lineno}"
         stripped = line.strip()
         if not stripped or stripped.startswith("#") or stripped in ("---", "..."):
