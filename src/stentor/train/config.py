@@ -117,6 +117,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     # Where the tokenized train.bin/val.bin go; default <run dir>/data. Reused when its meta.json matches.
     prepared_dir: str | None = None
+    # Processes that tokenize (None = all cores; 0 or 1 = in this process, best for small data).
+    prepare_workers: int | None = None
     batch: BatchSection = field(default_factory=BatchSection)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
@@ -216,13 +218,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise StentorError(f"config key {where} must be a list like [0.9, 0.95]")
         return tuple(value)
-    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+    if tp in (int, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return float(value)  # YAML reads "8e-4" as a string
+            number = float(value)  # YAML 1.1 reads "8e-4" and "4.8e8" as strings
         except ValueError:
-            pass
-    if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)  # 4.8e8 in YAML is a float
+            number = math.nan
+        if tp is float and not math.isnan(number):
+            return number
+        if tp is int and number.is_integer():
+            return int(number)
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise StentorError(f"config key {where} must be {tp.__name__}, got {value!r}")
     return value

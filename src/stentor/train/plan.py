@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from stentor.errors import StentorError
 from stentor.model.params import ParamBreakdown, estimate_llama_params
 from stentor.model.presets import ModelConfig, get_preset
@@ -36,17 +38,42 @@ def peak_flops(device_name: str, override_tflops: float | None = None) -> float 
     return None
 
 
-def model_config(cfg: TrainConfig, tokenizer_ids: dict[str, int] | None = None) -> ModelConfig:
-    """The preset with the config's overrides and, once known, the tokenizer's special-token ids."""
-    mcfg = get_preset(cfg.model.preset).replace(**cfg.model.overrides) if cfg.model.overrides else get_preset(cfg.model.preset)
-    if tokenizer_ids:
-        mcfg = mcfg.replace(**tokenizer_ids)
+def tokenizer_special_ids(tokenizer, model_vocab: int, model_name: str) -> dict[str, int]:
+    """The tokenizer's BOS/EOS/PAD ids for the model config; refuses a vocab the embedding cannot hold."""
+    if len(tokenizer) > model_vocab:
+        raise StentorError(
+            f"the tokenizer has {len(tokenizer):,} tokens but model {model_name} embeds only {model_vocab:,}; "
+            "use a preset with a larger vocab_size or set model.overrides.vocab_size"
+        )
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise StentorError("the tokenizer has no EOS token; packing needs one between documents")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+
+
+def model_config(cfg: TrainConfig, tokenizer=None) -> ModelConfig:
+    """The preset with the config's overrides and, given a tokenizer, its special-token ids."""
+    preset = get_preset(cfg.model.preset)
+    changes = dict(cfg.model.overrides)
+    if tokenizer is not None:
+        changes |= tokenizer_special_ids(tokenizer, changes.get("vocab_size", preset.vocab_size), preset.name)
+    mcfg = preset.replace(**changes) if changes else preset
     if cfg.batch.block_size > mcfg.max_position_embeddings:
         raise StentorError(
             f"batch.block_size {cfg.batch.block_size} exceeds the model's max_position_embeddings "
             f"{mcfg.max_position_embeddings} ({mcfg.name}); lower block_size or pick a larger preset"
         )
     return mcfg
+
+
+def unigram_entropy(tokens) -> float:
+    """Entropy (nats/token) of the tokens' unigram distribution: the loss of a model that ignores context.
+    A trained LM's eval loss must end well below it."""
+    counts = np.bincount(np.asarray(tokens))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from stentor.train.checkpoint import (
 )
 from stentor.train.config import CONFIG_FILE, TrainConfig, load_run_config
 from stentor.train.curves import CurveLog, CurveRow
-from stentor.train.plan import Plan, make_plan, model_config, peak_flops
+from stentor.train.plan import Plan, make_plan, model_config, peak_flops, unigram_entropy
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +75,6 @@ def load_tokenizer(spec: str):
     return load_stentor_tokenizer(spec)
 
 
-def tokenizer_special_ids(tokenizer, model_vocab: int, model_name: str) -> dict[str, int]:
-    """The tokenizer's BOS/EOS/PAD ids for the model config; refuses a vocab the embedding cannot hold."""
-    if len(tokenizer) > model_vocab:
-        raise StentorError(
-            f"the tokenizer has {len(tokenizer):,} tokens but model {model_name} embeds only {model_vocab:,}; "
-            "use a preset with a larger vocab_size or set model.overrides.vocab_size"
-        )
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise StentorError("the tokenizer has no EOS token; packing needs one between documents")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
-
-
 def epoch_blocks(num_blocks: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
     """This rank's block order for `epoch`: a seeded permutation, strided across ranks (disjoint, equal length)."""
     perm = np.random.default_rng([seed, epoch]).permutation(num_blocks)
@@ -127,8 +112,7 @@ class Trainer:
                     f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} or choose another --out"
                 )
         self.tokenizer = load_tokenizer(cfg.tokenizer)
-        base = model_config(cfg)
-        self.mcfg = model_config(cfg, tokenizer_special_ids(self.tokenizer, base.vocab_size, base.name))
+        self.mcfg = model_config(cfg, self.tokenizer)
         self.plan: Plan = make_plan(cfg, self.world, self.mcfg)
         self.plan.check_budgets()
 
@@ -136,7 +120,7 @@ class Trainer:
 
         prepared_dir = Path(cfg.prepared_dir) if cfg.prepared_dir else self.run_dir / "data"
         with self.acc.main_process_first():  # rank 0 tokenizes; the others then find meta.json and reuse it
-            self.data = prepare_data(cfg.data, self.tokenizer, prepared_dir)
+            self.data = prepare_data(cfg.data, self.tokenizer, prepared_dir, num_workers=cfg.prepare_workers)
         if len(self.data.val_tokens) == 0:
             raise StentorError("no validation tokens: set data.val_docs > 0 so the run can be evaluated")
         self.train_blocks = PackedBlocks(self.data.train_tokens, cfg.batch.block_size, self.mcfg.eos_token_id)
@@ -150,6 +134,13 @@ class Trainer:
                 f"optimizer step needs ({self.plan.total_batch_size}); add data or lower the batch size"
             )
         self.total_steps = min(self.plan.max_steps, self.steps_per_epoch * cfg.schedule.num_train_epochs)
+        if self.is_main:
+            log.info(
+                "%s tokens in %s blocks (%s steps/epoch) -> %s steps; unigram entropy of the training tokens %.4f nats "
+                "(a context-free model's loss: eval loss must end well below it)",
+                f"{len(self.data.train_tokens):,}", f"{len(self.train_blocks):,}", f"{self.steps_per_epoch:,}",
+                f"{self.total_steps:,}", unigram_entropy(self.data.train_tokens),
+            )
         self._build_model()
         self.state = TrainerState(world_size=self.world)
         self.stop_requested = False
