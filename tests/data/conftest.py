@@ -10,7 +10,7 @@ WORDS = ("the cat dog sat on a mat and ran far away while birds sang over green 
          "under bright sky every day some people read old books near quiet rivers").split()
 
 
-def make_docs(n: int, seed: int = 0) -> list[str]:
+def _make_docs(n: int, seed: int = 0) -> list[str]:
     """`n` distinct multi-line documents of varied length."""
     rng = random.Random(seed)
     docs = []
@@ -18,6 +18,11 @@ def make_docs(n: int, seed: int = 0) -> list[str]:
         lines = [" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(rng.randint(1, 4))]
         docs.append(f"doc {i}: " + "\n".join(lines))
     return docs
+
+
+@pytest.fixture(scope="session")
+def make_docs():
+    return _make_docs
 
 
 @pytest.fixture(scope="session")
@@ -30,5 +35,5 @@ def tokenizer():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(make_docs(300, seed=1), trainer)
+    tok.train_from_iterator(_make_docs(300, seed=1), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")

@@ -6,8 +6,17 @@
 """
 
 from stentor.data.clean import clean_text
-from stentor.data.packing import IGNORE_INDEX, PackedBlocks, collate_blocks
 from stentor.data.prepare import DataConfig, PreparedData, prepare_data
 from stentor.data.sources import SourceSpec
 
 __all__ = ["IGNORE_INDEX", "DataConfig", "PackedBlocks", "PreparedData", "SourceSpec", "clean_text", "collate_blocks", "prepare_data"]
+
+
+def __getattr__(name: str):
+    # The packing helpers need torch; loading them lazily keeps tokenizer worker processes
+    # (which import stentor.data.prepare, and so this package) free of a multi-second torch import.
+    if name in ("IGNORE_INDEX", "PackedBlocks", "collate_blocks"):
+        from stentor.data import packing
+
+        return getattr(packing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

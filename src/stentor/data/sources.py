@@ -150,8 +150,8 @@ def _read_hub(spec: SourceSpec) -> Iterator[str]:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StentorError(
             f"cannot stream hub dataset {spec.hf_id!r} ({type(exc).__name__}: {reason[:200]}). "
-            "If the Hugging Face hub is unreachable (offline), download the data elsewhere "
-            "(e.g. `huggingface-cli download --repo-type dataset ...`) and give its files as a local `path` source"
+            "If the Hugging Face hub is unreachable (offline), download the data where it is reachable "
+            f"(`hf download {spec.hf_id} --repo-type dataset --local-dir DIR`) and give its files as a local `path` source"
         ) from None
 
 
