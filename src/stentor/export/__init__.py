@@ -1,0 +1,36 @@
+"""Deployment: int8/int4 CPU quantization, GGUF (llama.cpp) and ONNX (onnxruntime) export.
+
+    from stentor.export import quantize_dir, load_quantized, export_gguf, export_onnx
+    quantize_dir("runs/mini/final", "runs/mini/int8", "int8")
+    model = load_quantized("runs/mini/int8")  # a transformers LlamaForCausalLM
+
+Names are imported on first use so that `stentor --help` does not pay for torch; the option
+lists below are plain data for the same reason (the CLI builds its choices from them).
+"""
+
+import importlib
+
+QUANT_METHODS = ("int8", "int8-dynamic", "int4")
+GROUP_SIZES = (32, 64, 128)
+GGUF_DTYPES = ("f32", "f16", "q8_0")
+
+_EXPORTS = {
+    "QuantConfig": "stentor.export.quantize",
+    "quantize_model": "stentor.export.quantize",
+    "quantize_dir": "stentor.export.quantize",
+    "save_quantized": "stentor.export.quantize",
+    "load_quantized": "stentor.export.quantize",
+    "is_quantized_dir": "stentor.export.quantize",
+    "export_gguf": "stentor.export.gguf",
+    "write_gguf": "stentor.export.gguf",
+    "read_gguf": "stentor.export.gguf",
+    "verify_gguf": "stentor.export.gguf",
+    "export_onnx": "stentor.export.onnx",
+}
+__all__ = sorted([*_EXPORTS, "GGUF_DTYPES", "GROUP_SIZES", "QUANT_METHODS"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stentor.export' has no attribute {name!r}")
