@@ -19,6 +19,7 @@ from stentor.errors import StentorError
 COMMAND_MODULES = [
     "stentor.model.cli",
     "stentor.train.cli",
+    "stentor.tokenizer.cli",
     "stentor.export.cli",
 ]
 
