@@ -98,7 +98,10 @@ class Trainer:
                 raise StentorError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
         self.use_tensorboard = tensorboard or cfg.logging.tensorboard
 
-        self.acc = Accelerator(mixed_precision=cfg.precision.mixed_precision)
+        # Launched as several processes on a machine without CUDA (accelerate launch --multi_gpu, torchrun):
+        # run them as CPU processes over gloo instead of letting each one train alone.
+        cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.acc = Accelerator(mixed_precision=cfg.precision.mixed_precision, cpu=cpu_group)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         if cfg.precision.mixed_precision == "fp16" and self.acc.device.type != "cuda" and self.is_main:

@@ -1,0 +1,56 @@
+"""Two CPU processes over gloo (`accelerate launch --multi_gpu` on a machine without CUDA; in
+accelerate 1.x `--cpu` with several processes needs MPI): the data is split, rank 0 alone writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from train_helpers import REPO, stentor_env, tiny_recipe, write_recipe
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_split_the_data_and_rank0_writes_once(corpus_and_tokenizer, tmp_path):
+    corpus, tokenizer = corpus_and_tokenizer
+    recipe = tiny_recipe(corpus, tokenizer, schedule={"max_train_steps": 8, "num_train_epochs": 1},
+                         eval={"eval_steps": 4, "best_eval_steps": 4, "best_eval_start_step": 4},
+                         checkpoint={"save_steps": 4}, logging={"logging_steps": 1, "record_data_order": True})
+    recipe["prepare_workers"] = 1
+    path = write_recipe(tmp_path / "mp.yaml", recipe)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "stentor", "train", "--config", str(path), "--out", str(run)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=stentor_env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    with open(run / "training_curves.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))  # one writer: no duplicated rows
+    evals = [r for r in rows if r["eval_loss"]]
+    assert [int(r["step"]) for r in evals] == [4, 8] and "final" in evals[-1]["note"]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-4", "step-8"]
+    assert (run / "final" / "model.safetensors").is_file() and (run / "best" / "tokenizer.json").is_file()
+    state = json.loads((run / "checkpoints" / "step-8" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["tokens_seen"] == 8 * 4 * 2 * 2 * 64
+    assert not list(run.glob(".*.tmp")) and not list((run / "checkpoints").glob(".*.tmp"))
+
+    seen = {}
+    for rank in (0, 1):
+        records = [json.loads(line) for line in (run / "data_order" / f"rank{rank}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == list(range(8))
+        seen[rank] = [b for r in records for b in r["blocks"]]
+        assert len(seen[rank]) == 8 * 4 * 2 == len(set(seen[rank]))
+    assert not set(seen[0]) & set(seen[1])  # the ranks trained on disjoint blocks
