@@ -1,0 +1,137 @@
+"""The trainer in this process: non-finite steps are skipped and counted, the T4 recipe under CPU
+bf16 autocast, and every bad input stops with one clear line before training starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+from train_helpers import tiny_recipe, write_recipe
+
+from stentor.cli import main
+from stentor.train.config import load_config
+from stentor.train.trainer import Trainer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def recipe(corpus_and_tokenizer, tmp_path_factory):
+    corpus, tokenizer = corpus_and_tokenizer
+    prepared = tmp_path_factory.getbasetemp() / "trainer-prepared"  # tokenized once for this module
+
+    def make(tmp_path, **sections):
+        data = tiny_recipe(corpus, tokenizer, **sections)
+        data.update(prepared_dir=str(prepared), prepare_workers=1)
+        return write_recipe(tmp_path / "recipe.yaml", data)
+
+    return make
+
+
+class NaNOnCalls:
+    """A forward hook on the embedding that poisons its output on chosen forward calls."""
+
+    def __init__(self, calls: set[int]):
+        self.calls, self.count = calls, 0
+
+    def __call__(self, module, args, output):
+        self.count += 1
+        return output * float("nan") if self.count in self.calls else output
+
+
+def test_non_finite_step_is_never_applied_and_is_counted(recipe, tmp_path):
+    trainer = Trainer(load_config(recipe(tmp_path, schedule={"max_train_steps": 4}, checkpoint={"save_steps": None})),
+                      tmp_path / "run")
+    embed = trainer.raw_model.get_input_embeddings()
+    hook = embed.register_forward_hook(NaNOnCalls({3}))  # step 2, first micro-batch
+    result = trainer.fit()
+    hook.remove()
+    assert result.skipped_steps == 1 and result.steps == 4
+    with open(tmp_path / "run" / "training_curves.csv", newline="") as f:
+        rows = {int(r["step"]): r for r in csv.DictReader(f)}
+    assert "skipped non-finite step (1 total)" in rows[2]["note"] and rows[2]["train_loss"] == ""
+    assert all(rows[s]["train_loss"] for s in (1, 3, 4))
+    assert json.loads((tmp_path / "run/checkpoints/step-4/trainer_state.json").read_text())["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
+
+    # Directly: a poisoned step leaves weights and optimizer state untouched; the next one applies.
+    before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    opt_state = {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.optimizer.state.values())}
+    batches = [trainer._batch(range(i * 4, i * 4 + 4)) for i in range(2)]
+    hook = embed.register_forward_hook(NaNOnCalls({1}))
+    loss, applied = trainer.train_step(batches)
+    assert not applied and not torch.isfinite(loss)
+    assert all(torch.equal(before[k], v) for k, v in trainer.raw_model.state_dict().items())
+    assert all(torch.equal(opt_state[k], v["exp_avg"]) for k, v in enumerate(trainer.optimizer.optimizer.state.values()))
+    loss, applied = trainer.train_step(batches)
+    hook.remove()
+    assert applied and torch.isfinite(loss)
+    # (the schedule has ended, LR 0, so the applied step shows in the moments, not the weights)
+    assert not all(torch.equal(opt_state[k], v["exp_avg"]) for k, v in enumerate(trainer.optimizer.optimizer.state.values()))
+
+
+def test_t4_recipe_under_cpu_bf16_autocast(recipe, tmp_path):
+    path = recipe(tmp_path, precision={"mixed_precision": "bf16", "t4_recipe": True, "critical_layers": 1},
+                  schedule={"max_train_steps": 3}, checkpoint={"save_steps": None})
+    trainer = Trainer(load_config(path), tmp_path / "run")
+    assert (trainer.recipe.fp32_norms, trainer.recipe.critical_layers) == (5, 1)  # 2 layers x 2 + final norm
+    result = trainer.fit()
+    assert result.steps == 3 and result.skipped_steps == 0 and result.final_eval_loss < 10
+    assert all(p.dtype == torch.float32 for p in trainer.raw_model.parameters())
+
+
+def _fails(capsys, argv: list[str], expected: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stentor: error:") and "\n" not in err and "Traceback" not in err, err
+    assert expected in err, err
+
+
+def _edit(path, **changes):
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            data[section][field] = value
+        else:
+            data[section] = value
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_bad_inputs_fail_with_one_line_before_training(recipe, corpus_and_tokenizer, tmp_path, capsys):
+    path = recipe(tmp_path)
+    out = str(tmp_path / "run")
+    _fails(capsys, ["train", "--config", _edit(path, data__sources=[{"path": str(tmp_path / "nope.jsonl")}]), "--out", out],
+           "does not exist")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _fails(capsys, ["train", "--config", _edit(path, data__sources=[{"path": str(empty)}], prepared_dir=str(tmp_path / "p1")),
+                    "--out", out], "empty")
+    path = recipe(tmp_path)
+    corpus = str(corpus_and_tokenizer[0])
+    _fails(capsys, ["train", "--config", _edit(path, data__sources=[{"path": corpus, "text_field": "body"}]), "--out", out],
+           "has no field 'body'; available fields: text, id")
+    path = recipe(tmp_path)
+    _fails(capsys, ["train", "--config", str(path), "--set", "model.overrides={vocab_size: 16}", "--out", out],
+           "but model stentor2-tiny embeds only 16")
+    _fails(capsys, ["train", "--config", str(path), "--set", "optim.lr=1", "--out", out], "unknown config key 'optim.lr'")
+    _fails(capsys, ["train", "--config", str(path), "--set", "schedule.token_budget=100", "--out", out],
+           "smaller than one optimizer step")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    _fails(capsys, ["train", "--config", str(path), "--out", str(blocker / "run")], "cannot write to")
+    _fails(capsys, ["train", "--resume", str(tmp_path)], "is not a stentor run directory")
+    assert not (tmp_path / "run" / "checkpoints").exists()
