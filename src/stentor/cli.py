@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "stentor.model.cli",
     "stentor.train.cli",
     "stentor.tokenizer.cli",
+    "stentor.infer.cli",
     "stentor.export.cli",
 ]
 

@@ -51,6 +51,11 @@ def save_tiny(out: Path, preset: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bpe():
+    return make_tokenizer(300)
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("infer") / "tiny", "stentor2-tiny")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 from typing import Protocol
 
 import torch
@@ -68,29 +67,40 @@ def _is_continuation(byte: int) -> bool:
     return 0x80 <= byte <= 0xBF
 
 
+def _valid(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _completable(tail: bytes) -> bool:
+    """Some 1-3 continuation bytes turn `tail` (a lead byte + maybe continuations) into a valid character."""
+    return any(
+        _valid(tail + bytes([first]) + b"\x80" * more) for first in range(0x80, 0xC0) for more in range(3)
+    )
+
+
 def replacement_only(data: bytes) -> bool:
     """True when `data` cannot occur anywhere inside valid UTF-8 text.
 
     A token's bytes may legitimately be a fragment of a character: up to 3 leading continuation
-    bytes (the tail of a character begun by earlier tokens) and an incomplete lead sequence at the
-    end (finished by later tokens). The token is replacement-only when, after allowing for both,
-    what is left is still invalid UTF-8 — e.g. 0xC0, 0xF5-0xFF, a lead byte followed by a
-    non-continuation byte, an overlong or surrogate prefix like E0 80 or ED A0, or more than 3
-    continuation bytes in a row. Such a token always decodes to U+FFFD, whatever surrounds it.
+    bytes (the tail of a character begun by earlier tokens) and an incomplete character at the
+    end (finished by later tokens). The token is replacement-only when no such reading makes it
+    valid — e.g. 0xC0, 0xF5-0xFF, a lead byte followed by a non-continuation byte, an overlong or
+    surrogate prefix like E0 80 or ED A0, or more than 3 continuation bytes in a row. Such a token
+    decodes to U+FFFD whatever surrounds it.
     """
-    if not data:
-        return False
     lead = 0
     while lead < len(data) and lead < 4 and _is_continuation(data[lead]):
         lead += 1
     if lead == 4:
         return True
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    try:
-        decoder.decode(data[lead:], final=False)  # a trailing incomplete character is buffered, not an error
-    except UnicodeDecodeError:
-        return True
-    return False
+    body = data[lead:]
+    if _valid(body):
+        return False
+    return not any(_valid(body[:-cut]) and _completable(body[-cut:]) for cut in range(1, min(3, len(body)) + 1))
 
 
 def _bytes_to_unicode_inverse() -> dict[str, int]:

@@ -1,0 +1,453 @@
+"""`stentor serve`: an OpenAI-compatible HTTP API over the decode engine.
+
+Starlette + uvicorn rather than the stdlib: SSE streaming, client-disconnect handling and
+graceful SIGINT/SIGTERM shutdown (stop accepting, drain in-flight requests) come built in.
+
+One scheduler thread owns the engine. Requests wait in a queue; each round the scheduler takes
+every waiting request (up to `max_batch`) and decodes them as one left-padded batch, each row
+with its own sampling settings, then streams text back to the request's asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from stentor.errors import StentorError
+from stentor.infer.api import Stentor, sampling_params
+from stentor.infer.sampling import SamplingParams
+from stentor.infer.text import streaming_decoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Server limits; every one is checked before a request reaches the engine."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str = "stentor"
+    max_batch: int = 8
+    max_prompt_tokens: int = 768
+    max_tokens: int = 512
+    default_max_tokens: int = 256
+    max_body_bytes: int = 1 << 20
+    batch_wait_ms: float = 5.0
+    shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch <= 256:
+            raise StentorError(f"--max-batch {self.max_batch} must be between 1 and 256")
+        if not 1 <= self.default_max_tokens <= self.max_tokens:
+            raise StentorError("--default-max-tokens must be between 1 and --max-tokens")
+        if self.max_prompt_tokens < 1 or self.max_body_bytes < 1024:
+            raise StentorError("--max-prompt-tokens must be >= 1 and --max-body-bytes >= 1024")
+        if not 0 <= self.port <= 65535:
+            raise StentorError(f"--port {self.port} must be between 0 and 65535")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+
+@dataclass
+class Job:
+    """One row of a batch: encoded prompt, settings, and where its text goes."""
+
+    prompt: list[int]
+    params: SamplingParams
+    index: int  # the choice index within its request
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    completion_tokens: int = 0
+
+    def send(self, *event: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    rows: int = 0
+    batches: int = 0
+    batched_rows: int = 0  # rows that shared their batch with at least one other row
+    max_batch_seen: int = 0
+    tokens: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+
+class Scheduler:
+    """The engine's only user: collects waiting jobs and decodes them together."""
+
+    def __init__(self, lm: Stentor, config: ServeConfig):
+        self.lm, self.config = lm, config
+        self.waiting: queue.Queue[Job | None] = queue.Queue()
+        self.stats = Stats()
+        self.stopping = False
+        # Fast tokenizers are not safe to use from two threads at once (requests encode, we decode).
+        self.tokenizer_lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="stentor-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Finish the current batch, cancel anything still waiting, and join the thread."""
+        self.stopping = True
+        self.waiting.put(None)
+        self.thread.join(timeout=self.config.shutdown_timeout_s)
+        while True:
+            try:
+                job = self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.send("error", "the server is shutting down")
+
+    def submit(self, jobs: list[Job]) -> None:
+        if self.stopping:
+            raise BadRequest("the server is shutting down", status=503)
+        with self.stats.lock:
+            self.stats.requests += 1
+        for job in jobs:
+            self.waiting.put(job)
+
+    def _collect(self) -> list[Job] | None:
+        first = self.waiting.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.config.batch_wait_ms / 1000
+        while len(batch) < self.config.max_batch:
+            try:
+                job = self.waiting.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is None:
+                self.waiting.put(None)  # keep the stop signal for the next round
+                break
+            batch.append(job)
+        return [job for job in batch if not job.cancelled]
+
+    def _run(self) -> None:
+        while not self.stopping:
+            batch = self._collect()
+            if batch is None:
+                return
+            if batch:
+                try:
+                    self._decode(batch)
+                except Exception as exc:  # report to the clients, keep serving
+                    log.exception("batch failed")
+                    for job in batch:
+                        job.send("error", f"generation failed: {exc}")
+
+    def _decode(self, batch: list[Job]) -> None:
+        lm = self.lm
+        with self.stats.lock:
+            self.stats.batches += 1
+            self.stats.rows += len(batch)
+            self.stats.batched_rows += len(batch) if len(batch) > 1 else 0
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
+        decoders = [streaming_decoder(lm.tokenizer) for _ in batch]
+        done = [False] * len(batch)
+        with lm.lock:
+            steps = lm.generate_ids([job.prompt for job in batch], [job.params for job in batch])
+            for step in steps:
+                active = done.count(False)
+                for i, job in enumerate(batch):
+                    if done[i]:
+                        continue
+                    token = step.tokens[i]
+                    is_eos = job.params.stop_at_eos and token in lm.eos_ids
+                    if not is_eos:
+                        job.completion_tokens += 1
+                        with self.tokenizer_lock:
+                            piece = decoders[i].push([token])
+                        if piece:
+                            job.send("text", piece)
+                    if step.finished[i] or job.cancelled:
+                        done[i] = True
+                        with self.tokenizer_lock:
+                            tail = decoders[i].flush()
+                        if tail:
+                            job.send("text", tail)
+                        job.send("done", "stop" if is_eos else "length", job.completion_tokens)
+                with self.stats.lock:
+                    self.stats.tokens += active
+                if all(done):
+                    steps.close()
+                    break
+
+
+# -- request parsing ---------------------------------------------------------------------------
+
+
+def _number(body: dict, name: str, kind: type, default=None):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise BadRequest(f"'{name}' must be {'a number' if kind is float else 'an integer'}, got {value!r}", name)
+    return value
+
+
+def _params(body: dict, config: ServeConfig, max_tokens_key: tuple[str, ...]) -> tuple[SamplingParams, int]:
+    for name in ("frequency_penalty", "presence_penalty"):
+        if _number(body, name, float, 0) != 0:
+            raise BadRequest(f"'{name}' is not supported; use 'repetition_penalty' (card default 1.2)", name)
+    if body.get("stop") not in (None, [], ""):
+        raise BadRequest("'stop' sequences are not supported; the model stops at its EOS token", "stop")
+    max_tokens = config.default_max_tokens
+    for key in max_tokens_key:
+        max_tokens = _number(body, key, int, max_tokens)
+    if not 1 <= max_tokens <= config.max_tokens:
+        raise BadRequest(f"'max_tokens' must be between 1 and {config.max_tokens}, got {max_tokens}", "max_tokens")
+    n = _number(body, "n", int, 1)
+    if not 1 <= n <= config.max_batch:
+        raise BadRequest(f"'n' must be between 1 and {config.max_batch}, got {n}", "n")
+    try:
+        params = sampling_params(
+            temperature=_number(body, "temperature", float),
+            top_p=_number(body, "top_p", float),
+            top_k=_number(body, "top_k", int),
+            min_p=_number(body, "min_p", float),
+            repetition_penalty=_number(body, "repetition_penalty", float),
+            seed=_number(body, "seed", int),
+            max_new_tokens=max_tokens,
+            suppress_replacement_tokens=bool(body.get("suppress_replacement_tokens", False)),
+        )
+    except StentorError as exc:
+        raise BadRequest(str(exc)) from None
+    return params, n
+
+
+def _prompt_ids(lm: Stentor, body: dict, chat: bool, config: ServeConfig) -> list[int]:
+    try:
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise BadRequest("'messages' must be a non-empty list of {role, content} objects", "messages")
+            for m in messages:
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise BadRequest("each message needs a string 'role' and a string 'content'", "messages")
+            ids = lm.encode_chat([{"role": m["role"], "content": m["content"]} for m in messages])
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str) and not (
+                isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+            ):
+                raise BadRequest("'prompt' must be a string (or a list of token ids)", "prompt")
+            ids = lm.encode(prompt)
+    except StentorError as exc:
+        raise BadRequest(str(exc), "messages" if chat else "prompt") from None
+    if len(ids) > config.max_prompt_tokens:
+        raise BadRequest(
+            f"the prompt has {len(ids)} tokens; this server accepts at most {config.max_prompt_tokens}",
+            "messages" if chat else "prompt",
+        )
+    return ids
+
+
+def build_app(lm: Stentor, config: ServeConfig):
+    """The Starlette application; its lifespan starts and stops the scheduler thread."""
+    import contextlib
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise StentorError("stentor serve needs starlette and uvicorn: pip install 'stentor[serve]'") from None
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    if config.max_batch > 1 and lm.engine is None:
+        raise StentorError("stentor serve batches requests on the stentor engine; drop --engine hf")
+    scheduler = Scheduler(lm, config)
+
+    def error(exc: BadRequest) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        body = {"error": {"message": str(exc), "type": kind, "param": exc.param, "code": exc.code}}
+        return JSONResponse(body, status_code=exc.status)
+
+    async def read_json(request: Request) -> dict:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
+            raise BadRequest(f"request body over {config.max_body_bytes} bytes", status=413)
+        data = b""
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > config.max_body_bytes:
+                raise BadRequest(f"request body over {config.max_body_bytes} bytes", status=413)
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        model = body.get("model", config.model_name)
+        if model != config.model_name:
+            raise BadRequest(f"unknown model {model!r}; this server serves {config.model_name!r}", "model",
+                             code="model_not_found")
+        return body
+
+    async def completions(request: Request, chat: bool):
+        try:
+            body = await read_json(request)
+            keys = ("max_tokens", "max_completion_tokens") if chat else ("max_tokens",)
+            params, n = _params(body, config, keys)
+            with scheduler.tokenizer_lock:
+                prompt = _prompt_ids(lm, body, chat, config)
+            stream = body.get("stream", False)
+            if not isinstance(stream, bool):
+                raise BadRequest("'stream' must be true or false", "stream")
+            loop = asyncio.get_running_loop()
+            # Rows of one request get consecutive seeds, so n seeded samples differ from each other.
+            jobs = [
+                Job(prompt, params if params.seed is None else params.replace(seed=params.seed + i), i, loop)
+                for i in range(n)
+            ]
+            scheduler.submit(jobs)
+        except BadRequest as exc:
+            return error(exc)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        meta = {"id": rid, "created": created, "model": config.model_name}
+
+        def choice(job: Job, text: str | None, finish: str | None, delta: bool) -> dict:
+            out: dict[str, Any] = {"index": job.index, "finish_reason": finish}
+            if not chat:
+                out.update(text=text or "", logprobs=None)
+            elif delta:
+                out["delta"] = {} if text is None else {"role": "assistant", "content": text}
+            else:
+                out["message"] = {"role": "assistant", "content": text}
+            return out
+
+        async def merged():
+            """(job, event) pairs as rows produce them, until every row is done or failed."""
+            tasks = {asyncio.ensure_future(job.events.get()): job for job in jobs}
+            try:
+                while tasks:
+                    finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    for task in finished:
+                        job = tasks.pop(task)
+                        event = task.result()
+                        yield job, event
+                        if event[0] not in ("done", "error"):
+                            tasks[asyncio.ensure_future(job.events.get())] = job
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for job in jobs:
+                    job.cancelled = True
+
+        usage_completion = 0
+        if not stream:
+            texts: dict[int, list[str]] = {job.index: [] for job in jobs}
+            finishes: dict[int, str] = {}
+            async for job, event in merged():
+                if event[0] == "text":
+                    texts[job.index].append(event[1])
+                elif event[0] == "done":
+                    finishes[job.index] = event[1]
+                    usage_completion += event[2]
+                else:
+                    return error(BadRequest(event[1], status=503 if "shutting" in event[1] else 500))
+            choices = [choice(job, "".join(texts[job.index]), finishes[job.index], False) for job in jobs]
+            usage = {
+                "prompt_tokens": len(prompt) * n,
+                "completion_tokens": usage_completion,
+                "total_tokens": len(prompt) * n + usage_completion,
+            }
+            obj = "chat.completion" if chat else "text_completion"
+            return JSONResponse({**meta, "object": obj, "choices": choices, "usage": usage})
+
+        async def sse():
+            obj = "chat.completion.chunk" if chat else "text_completion"
+            async for job, event in merged():
+                if event[0] == "text":
+                    chunk = {**meta, "object": obj, "choices": [choice(job, event[1], None, True)]}
+                elif event[0] == "done":
+                    chunk = {**meta, "object": obj, "choices": [choice(job, None, event[1], True)]}
+                else:
+                    chunk = {"error": {"message": event[1], "type": "server_error", "param": None, "code": None}}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def completions_route(request: Request):
+        return await completions(request, chat=False)
+
+    async def chat_route(request: Request):
+        return await completions(request, chat=True)
+
+    async def models(request: Request):
+        entry = {"id": config.model_name, "object": "model", "created": 0, "owned_by": "stentor"}
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok", "model": config.model_name, **scheduler.stats.snapshot()})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, scheduler.stop)
+
+    routes = [
+        Route("/v1/completions", completions_route, methods=["POST"]),
+        Route("/v1/chat/completions", chat_route, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", health, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.scheduler = scheduler
+    return app
+
+
+def serve(lm: Stentor, config: ServeConfig) -> int:
+    """Run until SIGINT/SIGTERM; uvicorn stops accepting and drains in-flight requests, then we exit 0."""
+    import signal
+
+    import uvicorn
+
+    app = build_app(lm, config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="info",
+            timeout_graceful_shutdown=int(config.shutdown_timeout_s),
+            limit_concurrency=1024,
+        )
+    )
+    # uvicorn re-raises the stop signal once it has shut down; a no-op handler turns that into a clean exit.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    return 0

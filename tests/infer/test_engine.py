@@ -1,0 +1,179 @@
+"""The decode engine against the real HF model: logits, greedy and seeded-sampling tokens."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from stentor.errors import StentorError
+from stentor.infer.engine import Engine
+from stentor.infer.sampling import SamplingParams
+from stentor.model.build import build_model
+from stentor.model.presets import get_preset
+
+PRESETS = ["stentor2-tiny", "stentor2-tiny-gqa"]
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def pair(request):
+    model = build_model(get_preset(request.param), seed=0).eval()
+    return model, Engine(model)
+
+
+def hf_generate(model, prompt: list[int], seed: int | None = None, n: int = 1, **kwargs) -> list[list[int]]:
+    ids = torch.tensor([prompt])
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), eos_token_id=None, pad_token_id=0, num_return_sequences=n, **kwargs
+        )
+    return out[:, len(prompt) :].tolist()
+
+
+def ours(engine: Engine, prompts: list[list[int]], params: SamplingParams, **kwargs) -> list[list[int]]:
+    rows: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for step in engine.generate(prompts, params, **kwargs):
+        for i, token in enumerate(step.tokens):
+            if not done[i]:
+                rows[i].append(token)
+            done[i] = step.finished[i]
+    return rows
+
+
+def test_logits_match_hf_with_left_padding(pair):
+    model, engine = pair
+    ids = torch.randint(0, 8000, (3, 24), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    mask[2, :17] = 0
+    with torch.no_grad():
+        reference = model(ids, attention_mask=mask).logits
+    logits = engine.logits(ids, mask)
+    assert (reference - logits)[mask.bool()].abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.2])
+def test_greedy_tokens_equal_hf_generate(pair, penalty):
+    model, engine = pair
+    prompt = torch.randint(0, 8000, (17,), generator=torch.Generator().manual_seed(2)).tolist()
+    expected = hf_generate(model, prompt, do_sample=False, repetition_penalty=penalty, max_new_tokens=24)
+    params = SamplingParams(greedy=True, repetition_penalty=penalty, max_new_tokens=24, stop_at_eos=False)
+    assert ours(engine, [prompt], params) == expected
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the card's settings: temperature 0.8, top-p 0.7, repetition penalty 1.2
+        {"top_k": 20, "min_p": 0.02, "temperature": 1.3},
+    ],
+)
+def test_seeded_sampling_equals_hf_generate(pair, settings):
+    model, engine = pair
+    params = SamplingParams(seed=7, max_new_tokens=24, stop_at_eos=False, **settings)
+    prompt = list(range(100, 112))
+    expected = hf_generate(
+        model,
+        prompt,
+        seed=7,
+        do_sample=True,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
+        max_new_tokens=24,
+    )
+    assert ours(engine, [prompt], params) == expected
+
+
+def test_num_samples_equal_hf_num_return_sequences(pair):
+    model, engine = pair
+    prompt = list(range(300, 310))
+    expected = hf_generate(model, prompt, seed=3, n=3, do_sample=True, temperature=0.8, top_p=0.7, top_k=0,
+                           repetition_penalty=1.2, max_new_tokens=12)
+    got = ours(engine, [prompt] * 3, SamplingParams(seed=3, max_new_tokens=12, stop_at_eos=False))
+    assert got == expected
+    assert len({tuple(row) for row in got}) > 1
+
+
+def test_left_padded_batch_rows_equal_single_runs(pair):
+    _, engine = pair
+    prompts = [list(range(5, 30)), [7, 8, 9], list(range(1000, 1012))]
+    params = SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False)
+    batched = ours(engine, prompts, params)
+    assert batched == [ours(engine, [p], params)[0] for p in prompts]
+
+
+def test_per_row_settings_in_one_batch(pair):
+    _, engine = pair
+    prompts = [list(range(40, 50)), list(range(60, 66))]
+    rows = [SamplingParams(greedy=True, max_new_tokens=12, stop_at_eos=False),
+            SamplingParams(seed=5, max_new_tokens=7, stop_at_eos=False, top_k=5)]
+    batched = ours(engine, prompts, rows)
+    assert [len(r) for r in batched] == [12, 7]
+    assert batched[0] == ours(engine, prompts[:1], rows[0])[0]
+    assert batched[1] == ours(engine, prompts[1:], rows[1])[0]
+
+
+def test_stops_at_eos(pair):
+    _, engine = pair
+    prompt = list(range(200, 210))
+    free = ours(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False))[0]
+    eos = free[6]
+    stopped = ours(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30), eos_ids={eos})[0]
+    assert stopped == free[: free.index(eos) + 1]
+
+
+def test_banned_tokens_are_never_chosen(pair):
+    _, engine = pair
+    prompt = list(range(500, 510))
+    params = SamplingParams(greedy=True, max_new_tokens=10, stop_at_eos=False)
+    free = ours(engine, [prompt], params)[0]
+    banned = torch.zeros(engine.vocab_size, dtype=torch.bool)
+    banned[free] = True
+    got = ours(engine, [prompt], params, banned=banned)[0]
+    assert not set(got) & set(free)
+
+
+def test_long_prompt_keeps_its_last_tokens(pair, caplog):
+    _, engine = pair
+    prompt = list(range(engine.max_positions + 40))
+    with caplog.at_level(logging.WARNING):
+        kept = engine.fit_prompt(prompt, max_new_tokens=16)
+    assert kept == prompt[-(engine.max_positions - 16) :]
+    assert "keeping its last" in caplog.text
+    assert engine.fit_prompt(prompt[:10], 16) == prompt[:10]
+    steps = list(engine.generate([prompt[-(engine.max_positions - 3) :]], SamplingParams(max_new_tokens=50, seed=0)))
+    assert len(steps) <= 3  # generation stops at the end of the context
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": -0.1},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"repetition_penalty": 0.0},
+        {"max_new_tokens": 0},
+        {"top_k": -1},
+        {"min_p": 2.0},
+        {"num_samples": 0},
+        {"temperature": float("nan")},
+    ],
+)
+def test_bad_sampling_settings_raise(bad):
+    with pytest.raises(StentorError, match=next(iter(bad))):
+        SamplingParams(**bad)
+
+
+def test_rejects_non_llama_models():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+    with pytest.raises(StentorError, match="--engine hf"):
+        Engine(model)

@@ -1,0 +1,59 @@
+"""Streaming decode and the replacement-only token rule."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from stentor.infer.text import REPLACEMENT, IncrementalDecoder, replacement_only, replacement_token_mask, token_bytes
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"abc", False),
+        (b"\xc3\xa9", False),  # é
+        (b"\xc3", False),  # lead byte: completed by the next token
+        (b"\xa9 caf", False),  # tail of a character begun earlier
+        (b"\x80\x80\x80", False),  # tail of a 4-byte character
+        (b"\xe6\x9d", False),  # incomplete 3-byte lead
+        (b"\xff", True),
+        (b"\xc0\xaf", True),  # overlong
+        (b"\xe0\x80", True),  # overlong 3-byte prefix
+        (b"\xed\xa0", True),  # surrogate prefix
+        (b"\xf4\x90", True),  # beyond U+10FFFF
+        (b"\x80\x80\x80\x80", True),  # four continuation bytes never occur in a row
+        (b"a\xc3b", True),  # a lead byte followed by ASCII
+        (b"ab\xf8", True),
+    ],
+)
+def test_replacement_only(data, expected):
+    assert replacement_only(data) is expected
+
+
+def test_byte_level_bpe_bytes_and_mask(bpe):
+    data = token_bytes(bpe, len(bpe))
+    text = "Café 東京 🙂"
+    assert b"".join(data[i] for i in bpe(text)["input_ids"]) == text.encode()
+    mask = replacement_token_mask(bpe, len(bpe))
+    banned = {data[i] for i in mask.nonzero().flatten().tolist()}
+    assert bytes([0xFF]) in banned and bytes([0xC0]) in banned
+    assert bytes([0xC3]) not in banned and bytes([0xA9]) not in banned
+
+
+def test_incremental_decoder_never_splits_a_character(bpe):
+    text = "Café, naïve, 東京 and emoji 🙂 — a school."
+    ids = bpe(text)["input_ids"]
+    decoder = IncrementalDecoder(bpe)
+    pieces = [decoder.push([i]) for i in ids] + [decoder.flush()]
+    assert "".join(pieces) == text
+    assert not any(REPLACEMENT in p for p in pieces)
+
+
+def test_incremental_decoder_matches_full_decode_on_random_ids(bpe):
+    rng = random.Random(0)
+    ids = [rng.randrange(len(bpe)) for _ in range(300)]
+    decoder = IncrementalDecoder(bpe)
+    streamed = "".join(decoder.push([i]) for i in ids) + decoder.flush()
+    assert streamed == bpe.decode(ids, skip_special_tokens=True)
