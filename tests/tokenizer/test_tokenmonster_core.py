@@ -232,6 +232,11 @@ def test_bad_yaml_raises_vocab_error(text: str, message: str) -> None:
         build_vocab_from_yaml(text)
 
 
+def test_missing_yaml_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(VocabError, match="nope.yaml: no such YAML file"):
+        build_vocab_from_yaml(str(tmp_path / "nope.yaml"))
+
+
 def test_parse_vocab_yaml_subset() -> None:
     parsed = parse_vocab_yaml('a: 1\nb: "x # not a comment"  # comment\nc: 2.5\nd: yes\nl:\n  - token: "t"\n    id: 4\n')
     assert parsed == {"a": 1, "b": "x # not a comment", "c": 2.5, "d": True, "l": [{"token": "t", "id": 4}]}

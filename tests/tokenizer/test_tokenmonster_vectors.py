@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stentor.tokenizer import fast
-from stentor.tokenizer.tokenmonster import Vocab, build_vocab_from_yaml, go_props, go_to_lower, go_to_upper
+from stentor.tokenizer.tokenmonster import (
+    Vocab,
+    VocabError,
+    build_vocab_from_yaml,
+    go_props,
+    go_to_lower,
+    go_to_upper,
+)
 
 pytestmark = pytest.mark.shared
 
@@ -118,3 +129,70 @@ def test_unicode_rules_match_go_table(tm_dir: Path) -> None:
         if (go_props(cp) & 63, go_to_lower(cp), go_to_upper(cp)) != (want, low, up):
             mismatches.append(hex(cp))
     assert not mismatches, mismatches[:20]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name, sample", [("example", 0), ("tm_none_cap2_unk", 200),
+                                          ("english-8000-strict-cap1-oracle", 40)])
+def test_real_vocab_truncations_are_rejected(tm_dir: Path, name: str, sample: int) -> None:
+    """Every truncation of the small file; for the larger ones the header, the tail and a random
+    sample (a late cut parses the whole file before failing, so those are kept few)."""
+    raw = (tm_dir / "vocabs" / f"{name}.vocab").read_bytes()
+    cuts = range(len(raw)) if not sample else [
+        *range(0, 300), *range(len(raw) - sample, len(raw)), *random.Random(7).sample(range(len(raw)), sample)]
+    for cut in cuts:
+        with pytest.raises(VocabError, match=rf"{name}.vocab: .*\(file is {cut} bytes\)"):
+            Vocab.from_bytes(raw[:cut], name=f"{name}.vocab")
+
+
+@pytest.mark.timeout(120)
+def test_real_vocab_corruptions_raise_vocab_error_or_load_cleanly(tm_dir: Path) -> None:
+    raw = (tm_dir / "vocabs" / "tm_utf8_cap2_nfd_unk.vocab").read_bytes()
+    rng = random.Random(99)
+    for _ in range(150):
+        data = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            vocab = Vocab.from_bytes(bytes(data))
+        except VocabError:
+            continue
+        vocab.decode(vocab.encode("Hello, WORLD! 42 naïve"))
+
+
+_PRINTABLE = st.text(st.sampled_from([chr(c) for c in range(32, 127)] + ["\t", "\n", "\r"]), max_size=300)
+_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@_SETTINGS
+@given(data=st.binary(max_size=300))
+def test_none_cap0_256_round_trips_any_bytes(tm_dir: Path, data: bytes) -> None:
+    vocab = _cached_vocab(tm_dir, "tm_none_cap0_256")
+    assert vocab.decode(vocab.encode(data)) == data
+
+
+@_SETTINGS
+@given(text=st.text(st.characters(blacklist_categories=["Cs", "Cc"]) | st.sampled_from("\t\n\r"), max_size=200))
+def test_utf8_cap0_nfd_round_trips_to_nfd(tm_dir: Path, text: str) -> None:
+    """It has every byte valid UTF-8 needs but no control bytes besides tab/LF/CR and no UNK, so
+    normalized = NFD(text) for text without other control characters."""
+    vocab = _cached_vocab(tm_dir, "tm_utf8_cap0_nfd")
+    assert vocab.decode(vocab.encode(text)) == unicodedata.normalize("NFD", text).encode()
+
+
+@_SETTINGS
+@given(text=_PRINTABLE)
+@pytest.mark.parametrize("name", ["english-4000-strict-cap2-oracle", "english-8000-strict-cap1-oracle"])
+def test_trained_vocabs_round_trip_printable_ascii(tm_dir: Path, name: str, text: str) -> None:
+    """Printable ASCII plus tab/LF/CR is covered by both trained vocabularies: the identity."""
+    vocab = _cached_vocab(tm_dir, name)
+    assert vocab.decode(vocab.encode(text)) == text.encode()
+
+
+_VOCAB_CACHE: dict[str, Vocab] = {}
+
+
+def _cached_vocab(tm_dir: Path, name: str) -> Vocab:
+    if name not in _VOCAB_CACHE:
+        _VOCAB_CACHE[name] = Vocab.load(tm_dir / "vocabs" / f"{name}.vocab")
+    return _VOCAB_CACHE[name]

@@ -1186,9 +1186,9 @@ class Vocab:
         cap = 2 * n + 8
         if self._backend.uses_arrays:
             buf = np.frombuffer(text + b"\0", dtype=np.uint8)
-            out = np.empty(cap, dtype=np.int64)
-            lp = np.full(n + 1, -2, dtype=np.int64)
-            lpb = np.full(n + 1, -2, dtype=np.int64)
+            out = np.empty(cap, dtype=np.int32)  # ids and record indexes are below 2**24
+            lp = np.full(n + 1, -2, dtype=np.int32)
+            lpb = np.full(n + 1, -2, dtype=np.int32)
         else:
             buf = text + b"\0"
             out = [0] * cap
@@ -1594,6 +1594,8 @@ def build_vocab_from_yaml(source: str | bytes | os.PathLike | Mapping[str, Any])
                 source = Path(source).read_bytes()
             except OSError as exc:
                 raise VocabError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        elif isinstance(source, str) and "\n" not in source and ":" not in source:
+            raise VocabError(f"{source}: no such YAML file")
         if isinstance(source, bytes):
             try:
                 source = source.decode("utf-8")
