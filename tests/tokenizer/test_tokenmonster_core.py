@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 import unicodedata
 from pathlib import Path
@@ -135,6 +136,19 @@ def test_numba_backend_gives_identical_ids(cap2: Vocab, cap1: Vocab, cap2_unk: V
         compiled = Vocab.from_bytes(vocab.to_bytes())
         compiled.set_backend(fast.backend())
         assert compiled.encode(data) == vocab.encode(data)
+
+
+@pytest.mark.parametrize("text", ["\u023a\u023a\u023aa" * 50, "A1B1C1d" * 80, "A'B'C'd" * 60, "HTTPServer " * 40,
+                                  "\u1f88\u1f88\u0345b" * 30, "ǅǄǆ ΣΑΣ" * 30, "\x7f\x7fA" * 40])
+def test_worst_case_capcode_growth(cap2: Vocab, cap1: Vocab, text: str) -> None:
+    """Inputs that grow most under capcode (markers plus lowercase forms longer than the
+    uppercase ones) stay within the kernels' output buffers on both backends."""
+    for vocab in (cap2, cap1):
+        ids = vocab.encode(text)
+        if fast.available():
+            compiled = Vocab.from_bytes(vocab.to_bytes())
+            compiled.set_backend(fast.backend())
+            assert compiled.encode(text) == ids
 
 
 # -- streaming decoder
@@ -316,6 +330,12 @@ def test_bad_alternative_index_is_rejected(cap2: Vocab) -> None:
 
 
 # -- accessors and batch encoding
+
+
+def test_pickle_drops_the_backend(cap2: Vocab) -> None:
+    clone = pickle.loads(pickle.dumps(cap2))
+    assert clone.backend.uses_arrays is False
+    assert clone.encode("Hello WORLD") == cap2.encode("Hello WORLD")
 
 
 def test_accessors(cap2_unk: Vocab) -> None:
