@@ -119,6 +119,11 @@ def test_cap2_round_trip_is_nfd_with_case_roundtrip(cap2: Vocab, data: bytes) ->
     assert cap2.decode(cap2.encode(data)) == expected
 
 
+def test_encode_rejects_non_text(cap2: Vocab) -> None:
+    with pytest.raises(TypeError):
+        cap2.encode(5)  # type: ignore[arg-type]
+
+
 @SETTINGS
 @given(st.text(max_size=200))
 def test_str_and_utf8_bytes_encode_alike(cap2: Vocab, text: str) -> None:
@@ -240,6 +245,8 @@ def test_yaml_dict_input_and_normalization_names() -> None:
     ("tokens:\n\t- token: x\n", "tab"),
     ("unk: maybe\n", "unk"),
     ("  - token: x\n", "outside"),
+    ('special:\n  - token: "<' + "x" * 40 + '>"\n', "more than 40"),
+    ("tokens:\n  - token: ab\n    id: 16777214\n", "outside 0..16777213"),
 ])
 def test_bad_yaml_raises_vocab_error(text: str, message: str) -> None:
     with pytest.raises(VocabError, match=message):

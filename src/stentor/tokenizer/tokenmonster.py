@@ -803,7 +803,7 @@ def _decode_cap2(data: bytes, st: _CapDecodeState) -> bytes:
             cp = ord(ch)
             p = go_props(cp)
             out.append(_upper_char(ch) if p & (P_UPPER | P_LOWER) else ch)
-            if not p & (P_LETTER | P_NUMBER | P_APOS | P_MARK):
+            if not p & (P_UPPER | P_LOWER | P_NUMBER | P_APOS | P_MARK):
                 st.word = False
         else:
             out.append(ch)
@@ -1217,7 +1217,12 @@ class Vocab:
 
     def prepare(self, text: str | bytes) -> bytes:
         """Normalize and capcode-encode input (str is UTF-8 encoded first; invalid UTF-8 passes through)."""
-        data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+        if isinstance(text, str):
+            data = text.encode("utf-8", "surrogatepass")
+        elif isinstance(text, (bytes, bytearray, memoryview)):
+            data = bytes(text)
+        else:
+            raise TypeError(f"expected str or bytes, not {type(text).__name__}")
         return capcode_encode(normalize(data, self._normalization), self._capcode, self._backend)
 
     def encode(self, text: str | bytes) -> list[int]:
@@ -1691,6 +1696,8 @@ def _build(cfg: Mapping[str, Any]) -> Vocab:
         tok = token_bytes(item, "special")
         if not tok or tok in delete_set:
             continue
+        if len(tok) > MAX_TOKEN_LEN:
+            raise VocabError(f"special token {tok!r} is {len(tok)} bytes once encoded, more than {MAX_TOKEN_LEN}")
         specials[tok] = (pin_of(item, "special"), score_of(item))
         delete_set.add(tok)
     ascii_bytes = set(range(32, 127)) | {9, 10, 13} | ({0x7F} if capcode == 1 else set())
