@@ -76,8 +76,8 @@ class TrainConfig:
             raise StentorError(f"unknown single-byte set {self.single_bytes!r}; choose one of {', '.join(SINGLE_BYTES)}")
         if not 2 <= self.max_token_length <= 40:
             raise StentorError(f"max token length must be between 2 and 40 bytes, got {self.max_token_length}")
-        if self.vocab_size < 300 or self.vocab_size > 1_000_000:
-            raise StentorError(f"vocab size must be between 300 and 1,000,000, got {self.vocab_size}")
+        if not 1 <= self.vocab_size <= 1_000_000:
+            raise StentorError(f"vocab size must be between 1 and 1,000,000, got {self.vocab_size}")
         if self.min_occur < 1 or self.sample_bytes < 1000:
             raise StentorError("min_occur must be >= 1 and sample_bytes >= 1000")
 
@@ -232,7 +232,7 @@ def select_tokens(
     (docs/tokenizer.md). Returns token -> score (share of the sample's bytes the token covers),
     as trainvocab writes it.
     """
-    slots = cfg.vocab_size - _build(cfg, {}).vocab_size
+    slots = regular_slots(cfg)
     ranked = sorted(candidates, key=lambda t: (-candidates[t] * (len(t) - 1), t))
     pool = ranked[: max(slots, int(slots * cfg.pool_factor))]
     if len(pool) < slots:
@@ -253,18 +253,31 @@ def select_tokens(
             progress(drop)
 
 
+def regular_slots(cfg: TrainConfig) -> int:
+    """How many multi-byte tokens fit beside the always-kept single bytes."""
+    singles = _build(cfg, {}).vocab_size
+    if cfg.vocab_size <= singles:
+        raise StentorError(
+            f"vocab size {cfg.vocab_size} leaves no room beside the {singles} single-byte tokens of "
+            f"--single-bytes {cfg.single_bytes}; use a larger --size"
+        )
+    return cfg.vocab_size - singles
+
+
 def train_vocab(corpus: Iterable[str], cfg: TrainConfig, output: str | os.PathLike | None = None):
     """Train a vocabulary from corpus files/globs; save it atomically to `output` if given."""
     from tqdm.auto import tqdm
 
-    from stentor.fileio import atomic_write_bytes
+    from stentor.fileio import atomic_write_bytes, ensure_writable_dir
 
+    slots = regular_slots(cfg)  # checks the settings before any heavy work
+    if output is not None:
+        ensure_writable_dir(Path(output).parent)
     docs = read_corpus(corpus)
     log.info("read %d document(s), %d characters", len(docs), sum(map(len, docs)))
     data = prepare_corpus(docs, cfg)
     candidates = count_candidates(data.decode("utf-8", "surrogateescape"), cfg)
     log.info("%d candidate tokens occur at least %d times", len(candidates), cfg.min_occur)
-    slots = cfg.vocab_size - _build(cfg, {}).vocab_size
     surplus = max(0, min(len(candidates), int(slots * cfg.pool_factor)) - slots)
     with tqdm(total=surplus, desc="pruning vocabulary", unit="tok", disable=None) as bar:
         scores = select_tokens(candidates, _sample(data, cfg.sample_bytes), cfg, progress=bar.update)
