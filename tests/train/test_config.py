@@ -111,3 +111,29 @@ def test_adamw_groups_decay_linear_weights_only_and_never_the_tied_embedding():
     assert decay_ids == {id(w) for w in linear}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["eps"] == 1e-8 and opt.defaults["foreach"]
+
+
+def test_dry_run_prints_the_card_plan(capsys):
+    from stentor.cli import main
+
+    assert main(["train", "--config", str(CARD), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "Parameters (card formula): 12,294,400",
+        "total batch size          128 = 32 x 2 x 2",
+        "tokens per optimizer step 131,072 = 128 x 1,024",
+        "steps to token budget     3,663 (480,116,736 tokens)",
+        "warmup steps              477 = int(0.05 x 9,552)",
+        "stable steps              7,641 = int(0.8 x 9,552)",
+        "cosine decay to 0 over steps 477-9,552",
+        "25 FP32 RMSNorms, 2 FP32 critical layers, FP32 softmax skipped (SDPA)",
+        "every 900 steps",
+        "evals every 900 steps from step 1,500",
+        "every 30 min, keep 2",
+        "every 300 steps",
+    ):
+        assert expected in out, expected
+    assert main(["train", "--config", str(CARD), "--dry-run", "--num-processes", "1", "--set", "schedule.scheduler=wsd"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens per optimizer step 65,536" in out and "steps to token budget     7,325" in out
+    assert "WSD: linear warmup 477 steps, stable at peak 7,641 steps, 1-sqrt decay to 0 over steps 8,118-9,552" in out

@@ -19,12 +19,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(autouse=True)
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
+def _fresh_accelerate(fresh_accelerate):
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture
