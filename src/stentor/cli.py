@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "stentor.tokenizer.cli",
     "stentor.infer.cli",
     "stentor.export.cli",
+    "stentor.eval.cli",
 ]
 
 

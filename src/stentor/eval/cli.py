@@ -1,0 +1,203 @@
+"""`stentor eval ppl|blimp|all`: perplexity/bits per byte, BLiMP, and the model card's results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stentor.errors import StentorError
+
+BLIMP_HELP = "local dir with the 67 BLiMP <UID>.jsonl files, or the hub dataset id (default: %(default)s)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Hugging Face causal LM: a local dir (save_pretrained) or a hub id")
+    p.add_argument("--tokenizer", help="tokenizer dir, .vocab file or hub id (default: the model dir)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_ppl_data_args(p: argparse.ArgumentParser, flag: str, required: bool) -> None:
+    p.add_argument(flag, nargs="+" if required else "*", required=required, default=[], metavar="FILE|DIR|GLOB|HF_ID",
+                   help="text files (each one document, read byte-exact), dirs, globs, or one hub dataset id")  # fmt: skip
+    p.add_argument("--text-field", "--jsonl-field", dest="text_field",
+                   help="read files as JSON Lines, one document per line from this field (hub datasets: default text)")  # fmt: skip
+    p.add_argument("--hf-config", help="hub dataset config, e.g. wikitext-2-raw-v1")
+    p.add_argument("--hf-split", default="test", help="hub dataset split (default: %(default)s)")
+    p.add_argument("--block-size", type=_positive_int, help="tokens per window (default: the model's context)")
+    p.add_argument("--stride", type=_positive_int,
+                   help="sliding-window step; each token is scored once with up to block-size context "
+                        "(default: block size = non-overlapping blocks, like training's eval)")  # fmt: skip
+    p.add_argument("--max-tokens", type=_positive_int, help="evaluate only the first N tokens of the stream")
+
+
+def _add_blimp_args(p: argparse.ArgumentParser, flag: str) -> None:
+    from stentor.eval.blimp import BLIMP_HUB_ID
+
+    p.add_argument(flag, default=BLIMP_HUB_ID, metavar="DIR|HF_ID", help=BLIMP_HELP)
+    p.add_argument("--tasks", nargs="+", metavar="UID", help="evaluate only these paradigms (default: all 67)")
+    p.add_argument("--limit", type=_positive_int, help="only the first N pairs of each paradigm (quick checks)")
+
+
+def register(subparsers) -> None:
+    ev = subparsers.add_parser(
+        "eval",
+        help="perplexity, bits per byte, BLiMP; write the model card's results",
+        description=(
+            "Evaluate any Hugging Face causal LM with its tokenizer.\n"
+            "  ppl    perplexity, bits/token and bits per UTF-8 byte on text (bpb compares across tokenizers)\n"
+            "  blimp  BLiMP minimal pairs, lm-evaluation-harness scoring, ties count as wrong\n"
+            "  all    both, into one report, and the model card's model-index + results section\n"
+            "See docs/evaluation.md for exactly what is counted."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ev.add_subparsers(dest="eval_command", metavar="<ppl|blimp|all>", required=True)
+
+    ppl = sub.add_parser(
+        "ppl",
+        help="perplexity and bits per byte",
+        description=(
+            "Encode each document as BOS text EOS (as training does), concatenate, and score the stream in\n"
+            "non-overlapping blocks (default) or a sliding window (--stride). Reports loss (nats/token),\n"
+            "perplexity, bits/token, bits per UTF-8 byte, chars/token.\n\n"
+            "example: stentor eval ppl --model out/run1 --data wiki.test.raw --stride 512 --json ppl.json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(ppl)
+    _add_ppl_data_args(ppl, "--data", required=True)
+    ppl.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass (default: %(default)s)")
+    ppl.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    ppl.set_defaults(func=run_ppl)
+
+    blimp = sub.add_parser(
+        "blimp",
+        help="BLiMP accuracy (67 paradigms)",
+        description=(
+            "Score each sentence as the sum of its token log-probs given BOS (no length normalization);\n"
+            "a pair is correct only if the good sentence scores strictly higher. Overall = mean of paradigm\n"
+            "accuracies; also per phenomenon, per field, and the card's strong/moderate/weak buckets.\n\n"
+            "example: stentor eval blimp --model out/run1 --data blimp/data --out out/run1/blimp"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(blimp)
+    _add_blimp_args(blimp, "--data")
+    blimp.add_argument("--batch-size", type=_positive_int, default=128, help="sentences per forward pass (default: %(default)s)")
+    blimp.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    blimp.add_argument("--out", metavar="DIR", help="write blimp.json, blimp.md and blimp.png into DIR")
+    blimp.set_defaults(func=run_blimp)
+
+    every = sub.add_parser(
+        "all",
+        help="perplexity + BLiMP into one report and the model card",
+        description=(
+            "Run perplexity (if --ppl-data is given) and BLiMP, write eval_report.json, eval_report.md and\n"
+            "blimp.png into the model dir (or --out), and update the model dir's README.md: model-index\n"
+            "metrics in the YAML front matter and a marked results section; the rest is kept.\n\n"
+            "example: stentor eval all --model out/run1 --ppl-data wiki.test.raw --blimp-data blimp/data"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(every)
+    _add_ppl_data_args(every, "--ppl-data", required=False)
+    _add_blimp_args(every, "--blimp-data")
+    every.add_argument("--skip-blimp", action="store_true", help="perplexity only")
+    every.add_argument("--ppl-batch-size", type=_positive_int, default=8, help="windows per forward (default: %(default)s)")
+    every.add_argument("--blimp-batch-size", type=_positive_int, default=128, help="sentences per forward (default: %(default)s)")
+    every.add_argument("--out", metavar="DIR", help="report directory (default: the model dir)")
+    every.add_argument("--no-card", action="store_true", help="do not touch the model dir's README.md")
+    every.set_defaults(func=run_all)
+
+
+def _read_corpus(args, sources):
+    from stentor.eval.perplexity import read_corpus
+
+    return read_corpus(sources, args.text_field, args.hf_config, args.hf_split)
+
+
+def _load(args):
+    from stentor.eval.loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(args.model, args.tokenizer, args.device)
+
+
+def _ppl(args, model, tokenizer, corpus, batch_size):
+    from stentor.eval.perplexity import evaluate_perplexity
+
+    return evaluate_perplexity(model, tokenizer, corpus, args.block_size, args.stride, args.max_tokens, batch_size,
+                               progress=not args.no_progress)  # fmt: skip
+
+
+def run_ppl(args) -> int:
+    from stentor.eval.report import perplexity_markdown, write_json
+
+    corpus = _read_corpus(args, args.data)
+    model, tokenizer = _load(args)
+    result = _ppl(args, model, tokenizer, corpus, args.batch_size)
+    print(perplexity_markdown([result]))
+    if args.json:
+        write_json(args.json, {"model": args.model, **result.to_dict()})
+    return 0
+
+
+def run_blimp(args) -> int:
+    from stentor.eval.blimp import evaluate_blimp, load_blimp
+    from stentor.eval.report import blimp_chart, blimp_markdown, write_json
+
+    paradigms = load_blimp(args.data, args.tasks, args.limit)
+    model, tokenizer = _load(args)
+    result = evaluate_blimp(model, tokenizer, paradigms, args.batch_size, not args.no_progress, data=args.data)
+    markdown = blimp_markdown(result)
+    print(markdown)
+    payload = {"model": args.model, **result.to_dict()}
+    if args.json:
+        write_json(args.json, payload)
+    if args.out:
+        from stentor.fileio import atomic_write_text
+
+        out = Path(args.out)
+        write_json(out / "blimp.json", payload)
+        atomic_write_text(out / "blimp.md", markdown + "\n")
+        blimp_chart(result, out / "blimp.png")
+        print(f"wrote {out / 'blimp.json'}, {out / 'blimp.md'}, {out / 'blimp.png'}", file=sys.stderr)
+    return 0
+
+
+def run_all(args) -> int:
+    from stentor.eval.blimp import evaluate_blimp, load_blimp
+    from stentor.eval.report import report_markdown, write_eval_report
+    from stentor.fileio import ensure_writable_dir
+
+    local = Path(args.model).is_dir()
+    if not args.out and not local:
+        raise StentorError(f"{args.model} is not a local dir; pass --out DIR for the report")
+    if args.skip_blimp and not args.ppl_data:
+        raise StentorError("nothing to evaluate: --skip-blimp without --ppl-data")
+    out = ensure_writable_dir(args.out or args.model)
+    # Read every input before loading the model, so a typo fails in a second, not after an eval.
+    corpus = _read_corpus(args, args.ppl_data) if args.ppl_data else None
+    paradigms = None if args.skip_blimp else load_blimp(args.blimp_data, args.tasks, args.limit)
+    model, tokenizer = _load(args)
+    ppl = [_ppl(args, model, tokenizer, corpus, args.ppl_batch_size)] if corpus else []
+    blimp = None
+    if paradigms:
+        blimp = evaluate_blimp(model, tokenizer, paradigms, args.blimp_batch_size, not args.no_progress, args.blimp_data)
+    card = Path(args.model) / "README.md" if local and not args.no_card else None
+    written = write_eval_report(out, args.model, ppl, blimp, card=card)
+    print(report_markdown(args.model, ppl, blimp))
+    print(json.dumps({k: str(v) for k, v in written.items()}), file=sys.stderr)
+    return 0
