@@ -1655,7 +1655,7 @@ def _build(cfg: Mapping[str, Any]) -> Vocab:
             raise VocabError(f"{key} must be a list of mappings")
         return value
 
-    def token_bytes(item: Mapping[str, Any], where: str) -> bytes | None:
+    def token_bytes(item: Mapping[str, Any]) -> bytes | None:
         raw = item.get("token")
         if raw is None:
             return None
@@ -1687,13 +1687,13 @@ def _build(cfg: Mapping[str, Any]) -> Vocab:
 
     delete_set: set[bytes] = set()
     for item in items("delete"):
-        tok = token_bytes(item, "delete")
+        tok = token_bytes(item)
         if tok:
             delete_set.add(tok)
     removed: list[bytes] = []
     specials: dict[bytes, tuple[int | None, float]] = {}
     for item in items("special"):
-        tok = token_bytes(item, "special")
+        tok = token_bytes(item)
         if not tok or tok in delete_set:
             continue
         if len(tok) > MAX_TOKEN_LEN:
@@ -1717,7 +1717,7 @@ def _build(cfg: Mapping[str, Any]) -> Vocab:
         single -= set(range(0x41, 0x5B)) - {0x43, 0x44, 0x57}
     regular: dict[bytes, tuple[int | None, float]] = {}
     for item in items("tokens"):
-        tok = token_bytes(item, "token")
+        tok = token_bytes(item)
         if not tok or len(tok) > MAX_TOKEN_LEN:
             continue
         if tok in delete_set:
