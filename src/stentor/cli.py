@@ -18,6 +18,7 @@ from stentor.errors import StentorError
 # One entry per capability package; each module defines register(subparsers).
 COMMAND_MODULES = [
     "stentor.model.cli",
+    "stentor.data.cli",
     "stentor.train.cli",
     "stentor.tokenizer.cli",
     "stentor.infer.cli",

@@ -53,6 +53,9 @@ def test_glob_and_directory_read_files_in_sorted_order(tmp_path):
     assert list(iter_documents(SourceSpec(path=str(tmp_path / "*.jsonl")))) == ["a", "b"]
     assert list(iter_documents(SourceSpec(path=str(tmp_path / "**" / "*.jsonl")))) == ["a", "b", "c"]
     assert list(iter_documents(SourceSpec(path=str(tmp_path)))) == ["a", "b", "c"]
+    (tmp_path / "README.txt").write_text("a readme is not a document")
+    with pytest.raises(StentorError, match=r"holds jsonl and txt files; pick one kind with a glob"):
+        check_source(SourceSpec(path=str(tmp_path)))
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet"])

@@ -50,7 +50,10 @@ def card_sources() -> list[SourceSpec]:
 
 @dataclass
 class DataConfig:
-    """What to tokenize. Defaults are the card's: 2,000 validation documents, 240M source tokens."""
+    """What to tokenize. Defaults are the card's: 2,000 validation documents, 240M source tokens.
+
+    From YAML it is the `data:` section of a training recipe (`stentor.train.config.load_config`).
+    """
 
     sources: list[SourceSpec] = field(default_factory=card_sources)
     val_docs: int = 2000
@@ -60,7 +63,6 @@ class DataConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        self.sources = [SourceSpec(**s) if isinstance(s, dict) else s for s in self.sources]
         if not self.sources:
             raise StentorError("the data config has no sources; add at least one `path` or `hf_id` source")
         if self.val_docs < 0:
@@ -69,18 +71,6 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise StentorError(f"{name} must be a positive token count or null for no cap (got {value})")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise StentorError(f"unknown data config keys: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        for s in d.get("sources", []):
-            bad = sorted(set(s) - {f.name for f in dataclasses.fields(SourceSpec)}) if isinstance(s, dict) else ["(not a mapping)"]
-            if bad:
-                raise StentorError(f"unknown source keys: {', '.join(bad)}; a source takes path or hf_id, hf_config, split, text_field, weight, txt_mode")
-        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,11 +135,28 @@ def tokenizer_hash(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         h.update(backend.to_str().encode())
+    vocab = _tokenmonster_vocab(tokenizer)
+    if vocab is not None:
+        h.update(vocab.to_bytes())
     h.update(json.dumps(_special_ids(tokenizer)).encode())
     return h.hexdigest()
 
 
+def _tokenmonster_vocab(tokenizer):
+    """The TokenMonster `Vocab` behind a StentorTokenizer, else None."""
+    from stentor.tokenizer.tokenization_stentor import StentorTokenizer
+
+    return tokenizer.vocab if isinstance(tokenizer, StentorTokenizer) else None
+
+
 def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    vocab = _tokenmonster_vocab(tokenizer)
+    if vocab is not None:
+        # Same ids as tokenizer.encode, ~8x faster: no per-token string round trip through HF.
+        # Unlike HF's path, a literal "</s>" in the text stays text instead of becoming EOS.
+        from stentor.tokenizer.tokenization_stentor import text_to_bytes
+
+        return [vocab.encode(text_to_bytes(t)) for t in texts]
     if callable(tokenizer):  # HF tokenizers encode a whole list in one (Rust, for fast ones) call
         return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
@@ -174,6 +181,11 @@ def _init_worker(tokenizer_bytes: bytes) -> None:
     global _worker_tokenizer
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
     _worker_tokenizer = pickle.loads(tokenizer_bytes)  # our own tokenizer, pickled by the parent a moment ago
+    vocab = _tokenmonster_vocab(_worker_tokenizer)
+    if vocab is not None:
+        from stentor.tokenizer import use_fast_backend
+
+        use_fast_backend(vocab)  # numba kernels from the on-disk cache; the pickled ones would recompile (~10 s)
 
 
 def _worker_encode(job: tuple[list[str], bool, str]) -> tuple[np.ndarray, np.ndarray]:

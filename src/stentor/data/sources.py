@@ -66,6 +66,9 @@ def resolve_files(spec: SourceSpec) -> list[Path]:
         raise StentorError(f"data source {spec.path} does not exist; give a file, a directory or a glob like 'data/*.jsonl'")
     if not files:
         raise StentorError(f"data source {spec.path} matches no {'/'.join(sorted(SUFFIXES))} files")
+    kinds = sorted({SUFFIXES.get(f.suffix.lower(), f.suffix) for f in files})
+    if path.is_dir() and len(kinds) > 1:  # e.g. a README.txt beside the .jsonl shards must not become a document
+        raise StentorError(f"directory {spec.path} holds {' and '.join(kinds)} files; pick one kind with a glob like '{path}/**/*.jsonl'")
     for f in files:
         if f.suffix.lower() not in SUFFIXES:
             raise StentorError(f"cannot read {f}: unknown file type {f.suffix!r}; use one of {', '.join(sorted(SUFFIXES))}")
