@@ -1,7 +1,8 @@
 """Vocabulary training: our strict TokenMonster trainer vs a byte-level BPE of the same size.
 
 Both are trained on the same 90% of a corpus (thinned evenly to ~2 MB, the quickstart's
-scale); characters per token are measured on the held-out 10% (more is better). The official english-8000-strict-cap1-oracle vocabulary is
+scale); characters per token are measured on the held-out 10% (more is better). The official
+english-8000-strict-cap1-oracle vocabulary is
 printed as an anchor (it was trained on the whole corpus, held-out part included, with the
 official tools at 8,000 tokens, so it is an optimistic reference, not a like-for-like one).
 
@@ -54,6 +55,10 @@ def train_bpe(train_text: str, size: int):
     return tok
 
 
+def row(name, size, wall, cpu, chars_per_token) -> None:
+    print(f"{name:<44} {size:>6} {wall:>7} {cpu:>7} {chars_per_token:>12}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=SHARED / "tokenmonster/corpus/english.txt")
@@ -84,14 +89,14 @@ def main() -> int:
     held_bytes = held_out.encode("utf-8")
     ours_cpt = len(held_out) / len(ours.encode(held_bytes))
     bpe_cpt = len(held_out) / len(bpe.encode(held_out).ids)
-    print(f"{'tokenizer':<44} {'size':>6} {'wall s':>7} {'cpu s':>7} {'chars/token':>12}")
-    print(f"{'stentor strict TokenMonster (ours)':<44} {ours.vocab_size:>6} {ours_s:>7.1f} {ours_cpu:>7.1f} {ours_cpt:>12.3f}")
-    print(f"{'byte-level BPE (HF tokenizers)':<44} {bpe.get_vocab_size():>6} {bpe_s:>7.1f} {bpe_cpu:>7.1f} {bpe_cpt:>12.3f}")
+    row("tokenizer", "size", "wall s", "cpu s", "chars/token")
+    row("stentor strict TokenMonster (ours)", ours.vocab_size, f"{ours_s:.1f}", f"{ours_cpu:.1f}", f"{ours_cpt:.3f}")
+    row("byte-level BPE (HF tokenizers)", bpe.get_vocab_size(), f"{bpe_s:.1f}", f"{bpe_cpu:.1f}", f"{bpe_cpt:.3f}")
     oracle_path = SHARED / "tokenmonster/vocabs/english-8000-strict-cap1-oracle.vocab"
     if oracle_path.is_file():
         oracle = load_vocab(oracle_path)
         oracle_cpt = len(held_out) / len(oracle.encode(held_bytes))
-        print(f"{'anchor: english-8000-strict-cap1-oracle':<44} {oracle.vocab_size:>6} {'-':>7} {'-':>7} {oracle_cpt:>12.3f}")
+        row("anchor: english-8000-strict-cap1-oracle", oracle.vocab_size, "-", "-", f"{oracle_cpt:.3f}")
     print(f"ratio chars/token ours / BPE: {ours_cpt / bpe_cpt:.3f}")
     return 0
 

@@ -79,7 +79,11 @@ def test_layout_matches_model_presets(tok, tiny_vocab):
     assert tok.vocab_size == base
     assert len(tok) == padded_vocab_size(base) == len(tok.get_vocab())
     ids = stentor2_special_ids(base)
-    assert (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) == (ids["eos_token_id"], ids["bos_token_id"], ids["pad_token_id"])
+    assert (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) == (
+        ids["eos_token_id"],
+        ids["bos_token_id"],
+        ids["pad_token_id"],
+    )
     assert tok.unk_token_id is None
     assert tok.convert_ids_to_tokens(len(tok) - 1) == f"<reserved_{len(tok) - base - 3}>"
 
@@ -88,6 +92,23 @@ def test_oracle_vocab_is_8064(oracle):
     assert (len(oracle), oracle.vocab_size) == (8064, 8000)
     assert (oracle.eos_token_id, oracle.bos_token_id, oracle.pad_token_id) == (8000, 8001, 8000)
     assert oracle.convert_ids_to_tokens([8000, 8001, 8002, 8063]) == ["</s>", "<s>", "<reserved_0>", "<reserved_61>"]
+
+
+def test_vocab_with_unk_gaps_and_specials(shared_dir):
+    root = shared_dir / "tokenmonster"
+    tok = load_tokenizer(root / "vocabs/tm_utf8_cap1_nfd_unk.vocab")
+    vocab = tok.vocab
+    assert (vocab.unk_id, vocab.id_table_size) == (2600, 2901)
+    assert len(tok) == padded_vocab_size(2901) == len(set(tok.convert_ids_to_tokens(list(range(len(tok))))))
+    assert tok.unk_token_id == 2600 and tok.convert_ids_to_tokens(2600) == "<unk>"
+    gaps = [i for i in range(2901) if vocab.id_to_token(i) is None and i != 2600]
+    assert gaps and tok.convert_ids_to_tokens(gaps[0]) == f"<unused_{gaps[0]}>"
+    names = tok.convert_ids_to_tokens(list(range(len(tok))))
+    assert tok.convert_tokens_to_ids(names) == list(range(len(tok)))
+    cases = [json.loads(line) for line in (root / "encode/tm_utf8_cap1_nfd_unk.jsonl").open()][:120]
+    for case in cases:
+        if "text" in case and not any(s in case["text"] for s in ("<s>", "</s>", "<unk>", "<reserved_")):
+            assert tok.encode(case["text"]) == [tok.bos_token_id, *case["ids"]]
 
 
 def test_encode_is_bos_plus_tokenmonster(tok, tiny_vocab):
@@ -215,8 +236,14 @@ def test_save_and_load_roundtrip(tok, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     out = save_tokenizer(StentorTokenizer.from_vocab(tok.vocab, add_bos_token=False), tmp_path / "tok")
     names = {p.name for p in out.iterdir()}
-    assert {"tokenizer.vocab", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-            "tokenization_stentor.py", "tokenmonster.py"} <= names
+    assert {
+        "tokenizer.vocab",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "tokenization_stentor.py",
+        "tokenmonster.py",
+    } <= names
     config = json.loads((out / "tokenizer_config.json").read_text())
     assert config["auto_map"] == {"AutoTokenizer": ["tokenization_stentor.StentorTokenizer", None]}
     assert config["add_bos_token"] is False
@@ -263,7 +290,11 @@ def run_without_stentor(tok_dir: Path, texts: list[str], tmp_path: Path) -> dict
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules-blocked"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", BLOCKED_RUN, str(tok_dir), json.dumps(texts)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -40,7 +40,10 @@ tokens:
 def stentor(*args: str, stdin: bytes = b"", env: dict | None = None, cwd: Path | None = None):
     return subprocess.run(
         [sys.executable, "-m", "stentor", "vocab", *args],
-        input=stdin, capture_output=True, timeout=300, cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+        cwd=cwd,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
 
@@ -62,7 +65,9 @@ def one_error_line(proc) -> str:
 @pytest.fixture
 def built(tmp_path, capsysbinary, monkeypatch):
     (tmp_path / "tokens.yaml").write_text(TOKENS_YAML, encoding="utf-8")
-    code, out, err = run_main(capsysbinary, monkeypatch, "build", str(tmp_path / "tokens.yaml"), "-o", str(tmp_path / "tiny.vocab"))
+    code, out, err = run_main(
+        capsysbinary, monkeypatch, "build", str(tmp_path / "tokens.yaml"), "-o", str(tmp_path / "tiny.vocab")
+    )
     assert code == 0 and out.startswith(b"wrote "), err
     return tmp_path / "tiny.vocab"
 
@@ -114,7 +119,10 @@ def test_bad_inputs_give_one_line(built, tmp_path, capsysbinary, monkeypatch):
 def test_get_offline_names_the_file_and_the_fix(built, tmp_path, capsysbinary, monkeypatch):
     env = {"HF_HOME": str(tmp_path / "hf"), "STENTOR_VOCAB_DIR": ""}
     line = one_error_line(stentor("get", "english-8000-strict-nocapcode-v1", env=env))
-    assert "https://huggingface.co/alasdairforsythe/tokenmonster/resolve/main/vocabs/english-8000-strict-nocapcode-v1.vocab" in line
+    assert (
+        "https://huggingface.co/alasdairforsythe/tokenmonster/resolve/main/vocabs/english-8000-strict-nocapcode-v1.vocab"
+        in line
+    )
     assert "$STENTOR_VOCAB_DIR" in line and "--vocab PATH" in line
     local = tmp_path / "vocabs"
     local.mkdir()
@@ -140,7 +148,7 @@ def test_train_export_and_hf_dir(tmp_path, capsysbinary, monkeypatch):
 
     yaml_out = tmp_path / "trained.yaml"
     assert run_main(capsysbinary, monkeypatch, "export-yaml", str(out), "-o", str(yaml_out))[0] == 0
-    assert yaml_out.read_text(encoding="utf-8").startswith("charset: utf-8\nnormalization: \"nfd\"\ncapcode: 1\n")
+    assert yaml_out.read_text(encoding="utf-8").startswith('charset: utf-8\nnormalization: "nfd"\ncapcode: 1\n')
 
     code, _, err = run_main(capsysbinary, monkeypatch, "hf", str(out), "-o", str(tmp_path / "tok"))
     assert code == 0, err

@@ -85,7 +85,9 @@ def test_beats_byte_level_bpe_of_the_same_size(trained, corpus):
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     bpe.train([str(corpus)], trainer)
     held_out = make_text(300, seed=3)
     ours = len(trained[0].encode(held_out.encode()))

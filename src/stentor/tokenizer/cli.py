@@ -69,7 +69,10 @@ def _info(args: argparse.Namespace) -> int:
         ("normalization", info["normalization"]),
         ("mode", f"{info['mode']} ({mode_names.get(info['mode'], '?')})"),
         ("vocab size (Len)", f"{info['vocab_size']:,}"),
-        ("id table size", f"{info['id_table_size']:,} (HF tokenizer: {info['hf_vocab_size']:,} with </s>, <s>, padding)"),
+        (
+            "id table size",
+            f"{info['id_table_size']:,} (HF tokenizer: {info['hf_vocab_size']:,} with </s>, <s>, padding)",
+        ),
         ("tokens", f"{info['regular_tokens']:,} regular, {info['single_byte_tokens']} single-byte"),
         ("UNK id", "none" if info["unk_id"] is None else info["unk_id"]),
         ("delete token id", "none" if info["delete_token_id"] is None else info["delete_token_id"]),
@@ -151,7 +154,10 @@ def _train(args: argparse.Namespace) -> int:
         min_occur=args.min_occur,
     )
     vocab = train_vocab(args.corpus, cfg, args.output)
-    print(f"wrote {args.output}: {vocab.vocab_size:,} tokens ({cfg.mode}, capcode {cfg.capcode}, {vocab.normalization_name})")
+    print(
+        f"wrote {args.output}: {vocab.vocab_size:,} tokens "
+        f"({cfg.mode}, capcode {cfg.capcode}, {vocab.normalization_name})"
+    )
     return 0
 
 
@@ -206,13 +212,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=raw,
     )
     p.add_argument("--vocab", required=True, help=VOCAB_HELP)
-    p.add_argument("--hf", action="store_true", help="use the HF tokenizer: adds <s> and encodes <s>, </s> in text as specials")
+    p.add_argument(
+        "--hf", action="store_true", help="use the HF tokenizer: adds <s> and encodes <s>, </s> in text as specials"
+    )
     p.set_defaults(func=_encode)
 
     p = vsub.add_parser(
         "decode",
         help="JSON list of ids on stdin -> raw bytes on stdout",
-        description="Decode a JSON list of TokenMonster ids from stdin; the bytes are written unchanged (may be invalid UTF-8).\n"
+        description="Decode a JSON list of TokenMonster ids from stdin; the bytes are written unchanged\n"
+        "(they may be invalid UTF-8).\n"
         "Example: echo '[98, 2688]' | stentor vocab decode --vocab my.vocab",
         formatter_class=raw,
     )
@@ -239,7 +248,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a vocabulary offline from text files",
         description=(
-            "Train a TokenMonster vocabulary from .txt files (one document each) and .jsonl files (a \"text\"\n"
+            'Train a TokenMonster vocabulary from .txt files (one document each) and .jsonl files (a "text"\n'
             "field per line); globs are expanded. The corpus is normalized and capcoded like the final vocabulary,\n"
             "strict-mode candidates are counted, and the pool is pruned by tokenizing the corpus with real\n"
             "vocabularies until --size tokens remain (method: docs/tokenizer.md). ~2 MB and 4,000 tokens take\n"
@@ -251,14 +260,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("corpus", nargs="+", metavar="CORPUS", help=".txt/.jsonl files or globs")
     p.add_argument("--size", type=int, default=4000, help="vocabulary size incl. single bytes (default: %(default)s)")
     p.add_argument("--mode", default="strict", choices=["strict"], help="token filter mode (default: %(default)s)")
-    p.add_argument("--capcode", type=int, default=1, choices=[1, 2], help="1 = delete marker only, keeps case (the card's); 2 = full capcode")
+    p.add_argument(
+        "--capcode",
+        type=int,
+        default=1,
+        choices=[1, 2],
+        help="1 = delete marker only, keeps case (the card's); 2 = full capcode",
+    )
     p.add_argument("--normalization", default="nfd", help="TokenMonster normalization flags (default: %(default)s)")
     p.add_argument(
-        "--single-bytes", default="utf8", choices=["ascii", "extended", "utf8", "256"],
+        "--single-bytes",
+        default="utf8",
+        choices=["ascii", "extended", "utf8", "256"],
         help="single bytes always kept; utf8 (default) makes every UTF-8 text encodable without loss",
     )
-    p.add_argument("--max-token-length", type=int, default=32, help="longest token in bytes, at most 40 (default: %(default)s)")
-    p.add_argument("--min-occur", type=int, default=3, help="candidates rarer than this are ignored (default: %(default)s)")
+    p.add_argument(
+        "--max-token-length", type=int, default=32, help="longest token in bytes, at most 40 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--min-occur", type=int, default=3, help="candidates rarer than this are ignored (default: %(default)s)"
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output .vocab file (written atomically)")
     p.set_defaults(func=_train)
 

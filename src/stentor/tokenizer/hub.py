@@ -68,7 +68,9 @@ def resolve_vocab(spec: str | os.PathLike, download: bool = True) -> Path:
     try:
         return Path(hf_hub_download(HUB_REPO, f"vocabs/{spec}.vocab"))
     except (OSError, EntryNotFoundError) as exc:
-        reason = "no such file on the hub" if isinstance(exc, RemoteEntryNotFoundError) else "offline or hub unreachable"
+        reason = (
+            "no such file on the hub" if isinstance(exc, RemoteEntryNotFoundError) else "offline or hub unreachable"
+        )
         raise _missing(spec, reason) from None
 
 

@@ -143,20 +143,18 @@ class StentorTokenizer(PreTrainedTokenizer):
         raw: dict[int, bytes] = {}
         for token_id in range(self.vocab.id_table_size):
             raw[token_id] = self.vocab.id_to_token(token_id) or b""
-        for token_id, data, _kind, score in self.vocab.tokens():
-            if score > -0.5 and data:
-                raw[token_id] = data
-        reserved_names = set(specials.values())
+        for info in self.vocab.tokens():  # the plain tokens (no delete-marker variants); UNK has no bytes
+            if info.token:
+                raw[info.id] = info.token
+        fixed = dict(specials)
+        fixed.update({i: f"<unused_{i}>" for i, data in raw.items() if not data and i not in specials})  # id gaps
+        reserved_names = set(fixed.values())
         names: list[str] = []
         for token_id in range(self.vocab.id_table_size):
-            if token_id in specials:
-                names.append(specials[token_id])
+            if token_id in fixed:
+                names.append(fixed[token_id])
                 continue
             data = raw[token_id]
-            if not data:
-                names.append(f"<unused_{token_id}>")  # an id gap: decodes to nothing
-                reserved_names.add(names[-1])
-                continue
             name = token_bytes_to_str(data)
             if name in reserved_names:
                 name = f"\\x{data[0]:02x}" + token_bytes_to_str(data[1:])
@@ -206,7 +204,9 @@ class StentorTokenizer(PreTrainedTokenizer):
 
     # --- special tokens (Llama convention: <s> text [</s>]) ------------------------------------
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         bos = [self.bos_token_id] if self.add_bos_token else []
         eos = [self.eos_token_id] if self.add_eos_token else []
         out = bos + list(token_ids_0) + eos
@@ -282,7 +282,9 @@ class StentorTokenizer(PreTrainedTokenizer):
         config_path = Path(save_directory) / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config.update(add_bos_token=self.add_bos_token, add_eos_token=self.add_eos_token)
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        config_path.write_text(
+            json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         special_map = Path(save_directory) / "special_tokens_map.json"
         special_map.write_text(json.dumps(self.special_tokens_map, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return (*files, str(special_map))

@@ -34,7 +34,12 @@ SINGLE_BYTES = {
     "utf8": "include-utf8-bytes",
     "256": "include-256-bytes",
 }
-_RESERVE_BITS = {"include-256-bytes": 1, "include-utf8-bytes": 4, "include-ascii-bytes": 8, "include-extended-bytes": 16}
+_RESERVE_BITS = {
+    "include-256-bytes": 1,
+    "include-utf8-bytes": 4,
+    "include-ascii-bytes": 8,
+    "include-extended-bytes": 16,
+}
 
 # Letters (any script) plus combining marks, which NFD splits off accented letters.
 _MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
@@ -73,7 +78,9 @@ class TrainConfig:
         if self.mode == "strict" and self.capcode == 0:
             raise StentorError("strict mode needs capcode 1 or 2 (as upstream); use --capcode 1")
         if self.single_bytes not in SINGLE_BYTES:
-            raise StentorError(f"unknown single-byte set {self.single_bytes!r}; choose one of {', '.join(SINGLE_BYTES)}")
+            raise StentorError(
+                f"unknown single-byte set {self.single_bytes!r}; choose one of {', '.join(SINGLE_BYTES)}"
+            )
         if not 2 <= self.max_token_length <= 40:
             raise StentorError(f"max token length must be between 2 and 40 bytes, got {self.max_token_length}")
         if not 1 <= self.vocab_size <= 1_000_000:
@@ -99,7 +106,9 @@ def corpus_files(patterns: Iterable[str]) -> list[Path]:
     """Expand files and globs (sorted, deduplicated); every pattern must match something."""
     files: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) if glob.has_magic(pattern) else [pattern]
+        matches = (
+            sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) if glob.has_magic(pattern) else [pattern]
+        )
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
             raise StentorError(f"no corpus file matches {pattern!r}; give .txt or .jsonl files or a glob")
@@ -124,7 +133,9 @@ def read_corpus(patterns: Iterable[str]) -> list[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise StentorError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be an object") from None
+                raise StentorError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be an object"
+                ) from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise StentorError(f'{path}:{lineno}: expected an object with a "text" string field')
             docs.append(record["text"])
