@@ -17,7 +17,6 @@ from stentor.infer.sampling import SamplingParams
 from stentor.infer.text import replacement_token_mask, streaming_decoder
 
 ENGINES = ("stentor", "hf")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 
 
@@ -44,17 +43,14 @@ class Stentor:
         tokenizer,
         *,
         engine: str = "stentor",
-        dtype: str = "float32",
         compile: bool = False,
     ):
         if engine not in ENGINES:
             raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-        if dtype not in DTYPES:
-            raise StentorError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.backend = engine
-        self.engine = Engine(model, dtype=DTYPES[dtype], compile=compile) if engine == "stentor" else None
+        self.engine = Engine(model.float(), compile=compile) if engine == "stentor" else None
         self.vocab_size = model.config.vocab_size
         self.context = model.config.max_position_embeddings
         self.eos_ids = self._eos_ids()
@@ -235,7 +231,6 @@ def load(
     *,
     tokenizer: str | os.PathLike | None = None,
     engine: str = "stentor",
-    dtype: str = "float32",
     compile: bool = False,
 ) -> Stentor:
     """Load a model directory (or a hub id, when online or cached) and its tokenizer.
@@ -267,4 +262,4 @@ def load(
             f"online (`hf download {spec}`) and pass the local directory"
         ) from None
     tok = load_tokenizer(tokenizer if tokenizer is not None else (str(path) if path.exists() else spec))
-    return Stentor(model, tok, engine=engine, dtype=dtype, compile=compile)
+    return Stentor(model, tok, engine=engine, compile=compile)

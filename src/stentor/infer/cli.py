@@ -22,7 +22,7 @@ def _load(args: argparse.Namespace):
 
             raise StentorError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return load(args.model, tokenizer=args.tokenizer, engine=args.engine, dtype=args.dtype, compile=args.compile)
+    return load(args.model, tokenizer=args.tokenizer, engine=args.engine, compile=args.compile)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -92,12 +92,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         choices=("stentor", "hf"),
         default="stentor",
         help="stentor: our fast CPU decode engine; hf: transformers generate, same settings (default: %(default)s)",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="engine weights: float32 matches HF exactly; bfloat16 halves memory traffic (default: %(default)s)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's forward (slow start, needs a C++ compiler)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest for batch 1)")

@@ -58,13 +58,13 @@ def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tenso
 
 
 class Engine:
-    """Prefill + decode for a `LlamaForCausalLM` (MHA or GQA), batch-first, fp32 by default.
+    """Prefill + decode for a `LlamaForCausalLM` (MHA or GQA), batch-first, in fp32.
 
     The engine copies the weights it needs (fused), so the HF model can be freed or kept for
     comparison; it is not thread-safe (the server gives it one scheduler thread).
     """
 
-    def __init__(self, model: torch.nn.Module, *, dtype: torch.dtype = torch.float32, compile: bool = False):
+    def __init__(self, model: torch.nn.Module, *, compile: bool = False):
         config = model.config
         if getattr(config, "model_type", None) not in {"llama", "mistral"} or not hasattr(model, "model"):
             raise StentorError(
@@ -76,7 +76,6 @@ class Engine:
         from transformers.activations import ACT2FN
 
         self.config = config
-        self.dtype = dtype
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -85,7 +84,7 @@ class Engine:
         self.act = ACT2FN[config.hidden_act]
         inner = model.model
         with torch.no_grad():
-            cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
+            cast = lambda t: t.detach().float().contiguous()  # noqa: E731
             self.embed = cast(inner.embed_tokens.weight)
             self.norm = cast(inner.norm.weight)
             self.lm_head = cast(model.lm_head.weight.t())
@@ -131,8 +130,8 @@ class Engine:
         sin[:, :half] *= -1  # rotate_half(x) = cat(-x2, x1) = swap_halves(x) * [-1.., +1..]
         qk_heads = self.heads + self.kv_heads
         ones = torch.ones(self.max_positions, self.kv_heads * self.head_dim)
-        self.cos = torch.cat([cos.repeat(1, qk_heads), ones], dim=1).to(self.dtype)
-        self.sin = torch.cat([sin.repeat(1, qk_heads), ones * 0], dim=1).to(self.dtype)
+        self.cos = torch.cat([cos.repeat(1, qk_heads), ones], dim=1)
+        self.sin = torch.cat([sin.repeat(1, qk_heads), ones * 0], dim=1)
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -141,7 +140,7 @@ class Engine:
             return
         batch = max(batch, self._cache[0].shape[0] if self._cache else 0)
         shape = (batch, 2 * self.kv_heads, length, self.head_dim)
-        self._cache = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
+        self._cache = [torch.empty(shape) for _ in self.layers]
 
     def _forward(
         self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor | None, last_only: bool
@@ -195,7 +194,7 @@ class Engine:
         positions = (valid.cumsum(-1) - 1).clamp(min=0)
         self._ensure_cache(batch, steps)
         mask = None if bool(valid.all()) else self._prefill_mask(valid)
-        return self._forward(input_ids, positions, 0, mask, last_only=False).float()
+        return self._forward(input_ids, positions, 0, mask, last_only=False)
 
     def _check_length(self, length: int) -> None:
         if length > self.max_positions:
@@ -251,7 +250,7 @@ class Engine:
         self._ensure_cache(batch, capacity)
         positions = (valid[:, :width].cumsum(-1) - 1).clamp(min=0)
         mask = self._prefill_mask(valid[:, :width]) if padded else None
-        logits = self._forward(ids, positions, 0, mask, last_only=True).float()
+        logits = self._forward(ids, positions, 0, mask, last_only=True)
         count = [0] * batch
         finished = [False] * batch
         column = width
@@ -270,7 +269,7 @@ class Engine:
             seen.scatter_(1, tokens[:, None], True)
             positions = (lengths + (column - width)).unsqueeze(1)
             mask = valid[:, None, None, : column + 1] if padded else None
-            logits = self._step(tokens[:, None], positions, column, mask, True).float()
+            logits = self._step(tokens[:, None], positions, column, mask, True)
             column += 1
 
     @staticmethod
