@@ -309,7 +309,15 @@ def test_saved_tokenizer_loads_where_stentor_is_not_importable(tok, tmp_path):
     assert got["text"] == [tok.decode(tok.encode(t)) for t in texts]
 
 
-def test_load_tokenizer_errors_are_one_line(tmp_path):
+def test_load_tokenizer_errors_are_one_line(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries in tests
+    monkeypatch.delenv("STENTOR_VOCAB_DIR", raising=False)
+    with pytest.raises(StentorError, match="cannot load a tokenizer from 'someone/not-here' .offline"):
+        load_tokenizer("someone/not-here")
+    with pytest.raises(StentorError, match=r"download https://huggingface.co/.*/vocabs/english-4000-strict-v1.vocab"):
+        load_tokenizer("english-4000-strict-v1")
     bad = tmp_path / "bad.vocab"
     bad.write_bytes(b"\x01\x01\x01" + b"\0" * 10)
     with pytest.raises(StentorError, match="bad.vocab is not a valid TokenMonster vocabulary"):
