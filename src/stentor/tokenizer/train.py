@@ -212,8 +212,11 @@ def _build(cfg: TrainConfig, scores: dict[str, float]):
 
 def prepare_corpus(docs: list[str], cfg: TrainConfig) -> bytes:
     """The corpus as the vocabulary will see it: normalized and capcoded, documents joined by newlines."""
+    from tqdm.auto import tqdm
+
     probe = _build(cfg, {})
-    return b"\n".join(probe.prepare(doc.encode("utf-8", "surrogateescape")) for doc in docs)
+    progress = tqdm(docs, desc="encoding corpus", unit="doc", disable=None if len(docs) > 1 else True)
+    return b"\n".join(probe.prepare(doc.encode("utf-8", "surrogateescape")) for doc in progress)
 
 
 def _sample(data: bytes, size: int, pieces: int = 64) -> bytes:
