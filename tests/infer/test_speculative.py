@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from stentor.errors import StentorError
+from stentor.eval.loading import load_model
 from stentor.infer.sampling import LogitsPipeline, SamplingParams
 from stentor.infer.speculative import speculative_generate
 from stentor.model import get_preset
@@ -172,3 +173,29 @@ def test_bad_arguments(pair):
         speculative_generate(target, draft, torch.ones(2, 3, dtype=torch.long), 2)
     with pytest.raises(StentorError, match="empty prompt"):
         speculative_generate(target, draft, [], 2)
+
+
+def test_cli_generate_with_draft_matches_plain_greedy(tiny_dir, tmp_path, capsys):
+    """`stentor generate --draft`: a 1-layer draft with the target's tokenizer files; greedy text is unchanged."""
+    import shutil
+
+    from stentor.cli import main
+    from stentor.model.build import save_model_dir
+
+    target_cfg = load_model(str(tiny_dir)).config
+    cfg = get_preset("stentor2-tiny").replace(
+        vocab_size=target_cfg.vocab_size, bos_token_id=target_cfg.bos_token_id, eos_token_id=target_cfg.eos_token_id,
+        pad_token_id=target_cfg.pad_token_id, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    )
+    draft_dir = save_model_dir(build_model(cfg, seed=4), cfg, tmp_path / "draft")
+    for item in tiny_dir.iterdir():
+        if item.name.startswith("tokenizer") or item.name == "special_tokens_map.json":
+            shutil.copy2(item, draft_dir / item.name)
+    common = ["generate", "--model", str(tiny_dir), "--greedy", "--max-new-tokens", "12", "--no-echo"]
+    assert main([*common, "Once upon a time"]) == 0
+    plain = capsys.readouterr().out
+    assert main([*common, "--draft", str(draft_dir), "--draft-k", "adaptive", "Once upon a time"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == plain.strip() and "draft acceptance" in captured.err
+    assert main([*common, "--draft", str(draft_dir), "--draft-k", "zero", "hi"]) == 2
+    assert "--draft-k must be a positive integer" in capsys.readouterr().err

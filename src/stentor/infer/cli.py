@@ -42,6 +42,10 @@ def _generate(args: argparse.Namespace) -> int:
     )
     sampling_params(**sampling)  # validate before loading the model
     lm = _load(args)
+    if args.draft:  # speculative decoding lives in stentor.infer.speculative (deployment, issue 7)
+        from stentor.infer.speculative import generate_with_draft
+
+        return generate_with_draft(lm, args.draft, args.prompt, args.draft_k, chat=args.chat, echo=not (args.chat or args.no_echo), **sampling)
     if args.num_samples > 1 or args.no_stream:
         texts = lm.generate(args.prompt, chat=args.chat, **sampling)
         for i, text in enumerate(texts if isinstance(texts, list) else [texts]):
@@ -136,6 +140,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="never emit tokens whose bytes can only decode to U+FFFD (the card's PDF tokens); see docs/inference.md",
     )
+    p.add_argument(
+        "--draft",
+        help="a smaller model with the same tokenizer that drafts tokens for the model to check (speculative "
+        "decoding: same output distribution, fewer forwards of --model; see docs/deployment.md)",
+    )
+    p.add_argument("--draft-k", default="4", help="tokens drafted per step: a number or 'adaptive' (default: %(default)s)")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(

@@ -246,3 +246,40 @@ def speculative_generate(
     stats.seconds = time.perf_counter() - start
     stats.new_tokens = len(out)
     return SpeculativeResult(out, stats)
+
+
+def parse_k(value: str | int) -> int | str:
+    """`--draft-k`: a positive integer or 'adaptive'."""
+    if value == "adaptive":
+        return value
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = 0
+    if k < 1:
+        raise StentorError(f"--draft-k must be a positive integer or 'adaptive', got {value!r}")
+    return k
+
+
+def generate_with_draft(lm, draft_path: str, prompt: str, k: str | int, *, chat: bool, echo: bool, **sampling) -> int:
+    """`stentor generate --draft DRAFT`: print the completion, then the draft's statistics on stderr."""
+    import sys
+
+    from stentor.infer.api import load, sampling_params
+
+    params = sampling_params(**sampling)
+    k = parse_k(k)
+    if params.num_samples != 1:
+        raise StentorError("--draft produces one sample at a time; drop -n/--num-samples")
+    if params.suppress_replacement_tokens:
+        raise StentorError("--suppress-replacement is not available with --draft; drop one of them")
+    draft = load(draft_path, engine="hf")
+    ids = lm.encode(prompt, chat=chat, max_new_tokens=params.max_new_tokens)
+    result = speculative_generate(
+        lm.model, draft.model, ids, k, params=params, eos_ids=lm.eos_ids,
+        target_tokenizer=lm.tokenizer, draft_tokenizer=draft.tokenizer,
+    )
+    text = lm.tokenizer.decode([t for t in result.tokens if t not in lm.eos_ids], skip_special_tokens=True)
+    print((prompt if echo else "") + text)
+    print(f"speculative decoding: {result.stats.summary()}", file=sys.stderr)
+    return 0
