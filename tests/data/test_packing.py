@@ -1,3 +1,4 @@
+import pickle
 import random
 
 import numpy as np
@@ -82,3 +83,17 @@ def test_collator_keeps_full_blocks_unpadded_and_respects_multiple():
     assert batch["input_ids"].shape == (2, 16)
     assert bool(batch["attention_mask"].all())
     assert collate_blocks([packed[0]], pad_id=0, multiple=5)["input_ids"].shape == (1, 20)
+
+
+def test_pickling_a_memmapped_stream_sends_the_file_name_not_the_tokens(tmp_path):
+    tokens = np.arange(50_000, dtype=np.uint16)
+    tokens.tofile(tmp_path / "train.bin")
+    mapped = PackedBlocks(np.memmap(tmp_path / "train.bin", dtype=np.uint16, mode="r"), 64, eos_id=EOS)
+    blob = pickle.dumps(mapped)
+    assert len(blob) < 1000
+    copy = pickle.loads(blob)
+    assert isinstance(copy.tokens, np.memmap) and len(copy) == len(mapped)
+    assert copy[len(copy) - 1]["labels"].tolist() == mapped[len(mapped) - 1]["labels"].tolist()
+    # an in-memory array (or a slice of a file) is pickled by value, as usual
+    sliced = PackedBlocks(mapped.tokens[64:], 64, eos_id=EOS)
+    assert pickle.loads(pickle.dumps(sliced))[0]["input_ids"].tolist() == list(range(64, 128))

@@ -7,6 +7,8 @@ inputs and no masking at document boundaries. Only the last, partial block is pa
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -30,6 +32,21 @@ class PackedBlocks(torch.utils.data.Dataset):
         self.tokens = tokens
         self.block_size = block_size
         self.eos_id = eos_id
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn/forkserver (macOS, Windows) get the file name and map it
+        # themselves, instead of each receiving a pickled copy of a token file that can be gigabytes.
+        state = self.__dict__.copy()
+        t = self.tokens
+        if isinstance(t, np.memmap) and t.filename and t.offset == 0 and t.nbytes == os.path.getsize(t.filename):
+            state["tokens"] = (t.filename, t.dtype.str)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["tokens"], tuple):
+            filename, dtype = state["tokens"]
+            state["tokens"] = np.memmap(filename, dtype=np.dtype(dtype), mode="r")
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return -(-len(self.tokens) // self.block_size)
