@@ -129,17 +129,6 @@ def test_stops_at_eos(pair):
     assert stopped == free[: free.index(eos) + 1]
 
 
-def test_banned_tokens_are_never_chosen(pair):
-    _, engine = pair
-    prompt = list(range(500, 510))
-    params = SamplingParams(greedy=True, max_new_tokens=10, stop_at_eos=False)
-    free = ours(engine, [prompt], params)[0]
-    banned = torch.zeros(engine.vocab_size, dtype=torch.bool)
-    banned[free] = True
-    got = ours(engine, [prompt], params, banned=banned)[0]
-    assert not set(got) & set(free)
-
-
 def test_long_prompt_keeps_its_last_tokens(pair, caplog):
     _, engine = pair
     prompt = list(range(engine.max_positions + 40))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
-from stentor.infer.text import REPLACEMENT, IncrementalDecoder, replacement_only, replacement_token_mask, token_bytes
+from stentor.infer.text import REPLACEMENT, IncrementalDecoder, Utf8Guard, replacement_only, token_bytes
 
 
 @pytest.mark.parametrize(
@@ -36,10 +37,24 @@ def test_byte_level_bpe_bytes_and_mask(bpe):
     data = token_bytes(bpe, len(bpe))
     text = "Café 東京 🙂"
     assert b"".join(data[i] for i in bpe(text)["input_ids"]) == text.encode()
-    mask = replacement_token_mask(bpe, len(bpe))
-    banned = {data[i] for i in mask.nonzero().flatten().tolist()}
-    assert bytes([0xFF]) in banned and bytes([0xC0]) in banned
-    assert bytes([0xC3]) not in banned and bytes([0xA9]) not in banned
+    guard = Utf8Guard(bpe, len(bpe))
+    always = {data[i] for i in guard.banned.all(0).nonzero().flatten().tolist()}
+    assert always == {d for d in data if d is not None and replacement_only(d)}
+    assert bytes([0xFF]) in always and bytes([0xC0]) in always
+    assert bytes([0xC3]) not in always and bytes([0xA9]) not in always
+
+
+def test_guard_follows_characters(bpe):
+    data = token_bytes(bpe, len(bpe))
+    guard = Utf8Guard(bpe, len(bpe))
+    byte_id = {d: i for i, d in enumerate(data) if d is not None and len(d) == 1}
+    start = guard.start([[bpe.bos_token_id]])
+    assert guard.banned[start[0], byte_id[b"\xa9"]]  # a continuation byte cannot start a character
+    inside = guard.advance(start, torch.tensor([byte_id[b"\xc3"]]))
+    assert not guard.banned[inside[0], byte_id[b"\xa9"]]  # ... but can finish é
+    assert guard.banned[inside[0], byte_id[b"a"]]  # and ASCII cannot interrupt it
+    done = guard.advance(inside, torch.tensor([byte_id[b"\xa9"]]))
+    assert done.tolist() == start.tolist()
 
 
 def test_incremental_decoder_never_splits_a_character(bpe):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -14,7 +15,7 @@ import torch
 from stentor.errors import StentorError
 from stentor.infer.engine import Engine, Step
 from stentor.infer.sampling import SamplingParams
-from stentor.infer.text import replacement_token_mask, streaming_decoder
+from stentor.infer.text import Utf8Guard, streaming_decoder
 
 ENGINES = ("stentor", "hf")
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
@@ -56,7 +57,7 @@ class Stentor:
         self.eos_ids = self._eos_ids()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
-        self._banned: torch.Tensor | None = None
+        self._guard: Utf8Guard | None = None
         self.lock = threading.Lock()  # one generation at a time per engine (its KV cache is shared)
 
     def _eos_ids(self) -> frozenset[int]:
@@ -105,24 +106,23 @@ class Stentor:
             return self.engine.fit_prompt(ids, max_new_tokens)
         return ids
 
-    def banned_tokens(self) -> torch.Tensor:
-        if self._banned is None:
-            self._banned = replacement_token_mask(self.tokenizer, self.vocab_size)
-        return self._banned
+    def utf8_guard(self) -> Utf8Guard:
+        """What `suppress_replacement_tokens` uses (built on first use: one pass over the vocabulary)."""
+        if self._guard is None:
+            self._guard = Utf8Guard(self.tokenizer, self.vocab_size)
+        return self._guard
 
     # -- generation --------------------------------------------------------------------------
 
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> Iterator[Step]:
         """Token steps for a batch of encoded prompts (one row each)."""
         rows = params if isinstance(params, list) else [params] * len(prompts)
-        banned = self.banned_tokens() if any(p.suppress_replacement_tokens for p in rows) else None
-        if any(p.suppress_replacement_tokens != rows[0].suppress_replacement_tokens for p in rows):
-            banned = banned & torch.tensor([p.suppress_replacement_tokens for p in rows])[:, None]
+        guard = self.utf8_guard() if any(p.suppress_replacement_tokens for p in rows) else None
         if self.engine is not None:
-            return self.engine.generate(prompts, rows, self.eos_ids, self.pad_id, banned)
+            return self.engine.generate(prompts, rows, self.eos_ids, self.pad_id, guard)
         if len(set(rows)) != 1 or len({len(p) for p in prompts}) != 1:
             raise StentorError("the hf engine decodes one setting and one prompt length per call; use --engine stentor")
-        return _hf_steps(self, prompts, rows[0], banned)
+        return _hf_steps(self, prompts, rows[0], guard)
 
     def _expand(self, prompt, chat: bool, sampling: dict) -> tuple[list[list[int]], SamplingParams]:
         params = sampling_params(**sampling)
@@ -161,10 +161,24 @@ class Stentor:
             yield tail
 
 
-def _hf_steps(lm: Stentor, prompts: list[list[int]], params: SamplingParams, banned) -> Iterator[Step]:
+def _hf_steps(lm: Stentor, prompts: list[list[int]], params: SamplingParams, guard: Utf8Guard | None) -> Iterator[Step]:
     """HF `generate` with the same settings, run in a thread and turned into the engine's `Step`s."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
     from transformers.generation.streamers import BaseStreamer
+
+    class _GuardProcessor(LogitsProcessor):
+        """The engine's Utf8Guard as an HF processor (first in the list, as the engine applies it)."""
+
+        def __init__(self):
+            self.states = guard.start(prompts)
+            self.prompt = len(prompts[0])
+
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] > self.prompt:
+                self.states = guard.advance(self.states, input_ids[:, -1])
+            last = input_ids.shape[1] - self.prompt + 1 >= config.max_new_tokens
+            banned = guard.mask(self.states, torch.full((len(self.states),), last))
+            return scores.masked_fill(banned, -math.inf)
 
     steps: queue.Queue = queue.Queue()
 
@@ -191,8 +205,8 @@ def _hf_steps(lm: Stentor, prompts: list[list[int]], params: SamplingParams, ban
         max_new_tokens=min(params.max_new_tokens, lm.context - len(prompts[0])),
         eos_token_id=sorted(lm.eos_ids) if params.stop_at_eos and lm.eos_ids else None,
         pad_token_id=lm.pad_id,
-        suppress_tokens=banned.nonzero().flatten().tolist() if banned is not None else None,
     )
+    processors = LogitsProcessorList([_GuardProcessor()] if guard is not None else [])
     ids = torch.tensor(prompts)
     errors: list[BaseException] = []
 
@@ -201,7 +215,8 @@ def _hf_steps(lm: Stentor, prompts: list[list[int]], params: SamplingParams, ban
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.inference_mode():
-                lm.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=collector)
+                lm.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                                  logits_processor=processors, streamer=collector)
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
             steps.put(None)

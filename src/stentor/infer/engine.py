@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from stentor.errors import StentorError
 from stentor.infer.sampling import LogitsPipeline, SamplingParams
+from stentor.infer.text import Utf8Guard
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +212,14 @@ class Engine:
         params: SamplingParams | list[SamplingParams],
         eos_ids: set[int] | frozenset[int] = frozenset(),
         pad_id: int = 0,
-        banned: torch.Tensor | None = None,
+        guard: Utf8Guard | None = None,
     ) -> Iterator[Step]:
         """Decode every prompt (one row each) and yield a `Step` per new token position.
 
         `params` is one setting for all rows or one per row. A row finishes at an EOS id (when
         its params stop at EOS), after its `max_new_tokens`, or at the end of the context.
-        Prompts must already fit the context (see `fit_prompt`). `banned` is a [V] bool mask of
-        tokens never to emit.
+        Prompts must already fit the context (see `fit_prompt`). With a `guard`, rows whose params
+        set `suppress_replacement_tokens` never emit a token that would render as U+FFFD.
         """
         rows = params if isinstance(params, list) else [params] * len(prompts)
         if len(rows) != len(prompts) or not prompts:
@@ -241,7 +242,12 @@ class Engine:
         padded = not bool(valid[:, :width].all())
         lengths = torch.tensor([len(p) for p in prompts])
 
-        pipeline = LogitsPipeline(rows, self.vocab_size, banned)
+        pipeline = LogitsPipeline(rows, self.vocab_size)
+        guarded = torch.tensor([p.suppress_replacement_tokens for p in rows])[:, None]
+        if guard is not None and guarded.any():
+            states = guard.start(prompts)
+        else:
+            guard = None
         seen = torch.zeros(batch, self.vocab_size, dtype=torch.bool)
         for i, prompt in enumerate(prompts):
             seen[i, prompt] = True
@@ -255,7 +261,13 @@ class Engine:
         finished = [False] * batch
         column = width
         while True:
-            tokens = pipeline.choose(logits, seen, generator)
+            banned = None
+            if guard is not None:
+                last = torch.tensor([c + 1 >= b for c, b in zip(count, budget)])
+                banned = guard.mask(states, last) & guarded
+            tokens = pipeline.choose(logits, seen, generator, banned)
+            if guard is not None:
+                states = guard.advance(states, tokens)
             token_list = tokens.tolist()
             for i, token in enumerate(token_list):
                 if finished[i]:

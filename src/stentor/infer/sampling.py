@@ -81,7 +81,7 @@ class LogitsPipeline:
     Stages that no row needs are skipped, so the card's settings cost four small ops and a sort.
     """
 
-    def __init__(self, rows: list[SamplingParams], vocab_size: int, banned: torch.Tensor | None = None):
+    def __init__(self, rows: list[SamplingParams], vocab_size: int):
         like = torch.empty(0)
         self.vocab_size = vocab_size
         self.penalty = _column([p.repetition_penalty for p in rows], like)
@@ -101,12 +101,9 @@ class LogitsPipeline:
         self.greedy_rows = torch.tensor([not p.do_sample for p in rows])
         self.all_greedy = not sampled
         self.any_greedy = len(sampled) < len(rows)
-        self.banned = banned
 
     def penalize(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         """HF RepetitionPenaltyLogitsProcessor: on seen tokens divide positive logits, multiply negative ones."""
-        if self.banned is not None:
-            logits = logits.masked_fill(self.banned, -math.inf)
         if not self.use_penalty:
             return logits
         penalized = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
@@ -135,13 +132,19 @@ class LogitsPipeline:
         return scores
 
     def choose(
-        self, logits: torch.Tensor, seen: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
+        self,
+        logits: torch.Tensor,
+        seen: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None,
+        banned: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The next token of every row, shape [batch].
+        """The next token of every row, shape [batch]; `banned` ([batch, V] bool) tokens are never chosen.
 
         One generator draws for the whole batch in one call, as HF does; a list gives each row
         its own stream (requests with their own seed sharing a batch).
         """
+        if banned is not None:
+            logits = logits.masked_fill(banned, -math.inf)
         scores = self.penalize(logits, seen)
         if self.all_greedy:
             return scores.argmax(dim=-1)
