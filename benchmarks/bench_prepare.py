@@ -16,7 +16,6 @@ from pathlib import Path
 
 from stentor.data import DataConfig, SourceSpec, prepare_data
 from stentor.data.sources import iter_documents
-from stentor.tokenizer.hf import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -27,6 +26,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenmonster" / "vocabs" / "english-8000-strict-cap1-oracle.vocab"))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+
+    # Imported here, not at the top: spawned workers re-import this script, and transformers costs them seconds.
+    from stentor.tokenizer.hf import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     tokenizer.encode("warm up: compile (or load from numba's disk cache) the fast kernels before timing")
