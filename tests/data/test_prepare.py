@@ -170,3 +170,19 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path, tokenizer, make_doc
     for name in ("train.bin", "val.bin"):
         assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
     assert resumed.meta == fresh.meta
+
+
+def test_reuse_needs_no_network_for_hub_sources(tmp_path, tokenizer, make_docs, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    # A directory prepared earlier (online) from a hub source: made here from local data, then labelled as such.
+    local = prepare_data(config(write_jsonl(tmp_path / "d.jsonl", make_docs(40))), tokenizer, tmp_path / "o", num_workers=0)
+    hub_cfg = DataConfig(sources=[SourceSpec(hf_id="epfml/FineWeb-HQ")], val_docs=20, source_token_budget=None)
+    meta = dict(local.meta, fingerprint=prepare_mod._fingerprint(hub_cfg, local.meta["tokenizer_hash"]))
+    (tmp_path / "o" / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    assert prepare_data(hub_cfg, tokenizer, tmp_path / "o").train_tokens.tolist() == local.train_tokens.tolist()
+    with pytest.raises(StentorError, match="cannot stream hub dataset"):
+        prepare_data(hub_cfg, tokenizer, tmp_path / "other")

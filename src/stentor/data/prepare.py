@@ -332,16 +332,16 @@ def prepare_data(cfg: DataConfig, tokenizer, out_dir: str | os.PathLike, num_wor
     vocab_size = len(tokenizer)
     dtype = token_dtype(vocab_size)
     tok_hash = tokenizer_hash(tokenizer)
-    for spec in cfg.sources:  # fail on bad paths, fields or empty sources before any work
-        check_source(spec)
     fingerprint = _fingerprint(cfg, tok_hash)
 
     meta_path = out_dir / "meta.json"
-    if meta_path.is_file():
+    if meta_path.is_file():  # checked before the sources are opened: reuse works offline, even for hub sources
         if json.loads(meta_path.read_text()).get("fingerprint") == fingerprint:
             log.info("%s already holds this preparation; reusing it", out_dir)
             return PreparedData.load(out_dir)
-        meta_path.unlink()  # the .bin files are about to change; never leave a meta.json that lies
+    for spec in cfg.sources:  # fail on bad paths, fields or empty sources before any work
+        check_source(spec)
+    meta_path.unlink(missing_ok=True)  # the .bin files are about to change; never leave a meta.json that lies
 
     work = out_dir / WORK_DIR
     progress = _load_progress(work, fingerprint)
