@@ -109,6 +109,19 @@ def test_bad_inputs_fail_before_work(tmp_path, tokenizer):
         DataConfig(sources=[])
     with pytest.raises(StentorError, match="no prepared data"):
         PreparedData.load(tmp_path / "nowhere")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "meta.json").write_text('{"format_version": 1, "dty')
+    with pytest.raises(StentorError, match="missing or unreadable"):
+        PreparedData.load(tmp_path / "broken")
+
+
+def test_tokenizer_without_bos_is_a_clear_error(tmp_path, tokenizer, make_docs):
+    from transformers import PreTrainedTokenizerFast
+
+    no_bos = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>")
+    with pytest.raises(StentorError, match="needs both a BOS and an EOS"):
+        prepare_data(config(write_jsonl(tmp_path / "d.jsonl", make_docs(30))), no_bos, tmp_path / "o")
+    assert not (tmp_path / "o" / ".work").exists()
 
 
 def test_default_config_is_the_cards():

@@ -38,7 +38,7 @@ def test_parquet(tmp_path):
 
 def test_txt_modes(tmp_path):
     path = tmp_path / "a.txt"
-    path.write_text("para one\nline two\n\n\npara two\n")
+    path.write_bytes(b"para one\r\nline two\n\n\npara two\n")
     assert list(iter_documents(SourceSpec(path=str(path)))) == ["para one\nline two\n\n\npara two\n"]
     assert list(iter_documents(SourceSpec(path=str(path), txt_mode="lines"))) == ["para one", "line two", "", "", "para two"]
     assert list(iter_documents(SourceSpec(path=str(path), txt_mode="paragraphs"))) == ["para one\nline two", "para two"]

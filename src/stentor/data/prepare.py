@@ -89,10 +89,9 @@ class PreparedData:
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> PreparedData:
         out_dir = Path(out_dir)
-        meta_path = out_dir / "meta.json"
-        if not meta_path.is_file():
-            raise StentorError(f"no prepared data in {out_dir} (meta.json missing); run `stentor data prepare` first")
-        meta = json.loads(meta_path.read_text())
+        meta = _read_meta(out_dir)
+        if meta is None:
+            raise StentorError(f"no prepared data in {out_dir} (meta.json missing or unreadable); run `stentor data prepare` first")
         if meta.get("format_version") != FORMAT_VERSION:
             raise StentorError(f"{out_dir} holds data format {meta.get('format_version')}, this stentor reads {FORMAT_VERSION}; prepare it again")
         dtype = np.dtype(meta["dtype"])
@@ -103,6 +102,14 @@ class PreparedData:
         """How many packed blocks of `block_size` the split gives (the last one may be partial)."""
         n = len(self.train_tokens if split == "train" else self.val_tokens)
         return -(-n // block_size)
+
+
+def _read_meta(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _map_tokens(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
@@ -335,10 +342,10 @@ def prepare_data(cfg: DataConfig, tokenizer, out_dir: str | os.PathLike, num_wor
     fingerprint = _fingerprint(cfg, tok_hash)
 
     meta_path = out_dir / "meta.json"
-    if meta_path.is_file():  # checked before the sources are opened: reuse works offline, even for hub sources
-        if json.loads(meta_path.read_text()).get("fingerprint") == fingerprint:
-            log.info("%s already holds this preparation; reusing it", out_dir)
-            return PreparedData.load(out_dir)
+    existing = _read_meta(out_dir)  # checked before the sources are opened: reuse works offline, even for hub sources
+    if existing is not None and existing.get("fingerprint") == fingerprint:
+        log.info("%s already holds this preparation; reusing it", out_dir)
+        return PreparedData.load(out_dir)
     for spec in cfg.sources:  # fail on bad paths, fields or empty sources before any work
         check_source(spec)
     meta_path.unlink(missing_ok=True)  # the .bin files are about to change; never leave a meta.json that lies

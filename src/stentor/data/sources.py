@@ -83,15 +83,16 @@ def _missing_field(spec: SourceSpec, where: str, fields: list[str]) -> StentorEr
 
 
 def _read_txt(path: Path, mode: str) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if mode == "file":
-        yield text
-    elif mode == "lines":
-        yield from text.splitlines()
-    else:
+    with open(path, encoding="utf-8", errors="replace") as f:  # universal newlines: \r\n and \r end lines too
+        if mode == "file":
+            yield f.read()
+            return
         paragraph: list[str] = []
-        for line in text.splitlines():
-            if line.strip():
+        for line in f:
+            line = line.rstrip("\n")
+            if mode == "lines":
+                yield line
+            elif line.strip():
                 paragraph.append(line)
             elif paragraph:
                 yield "\n".join(paragraph)
@@ -101,7 +102,7 @@ def _read_txt(path: Path, mode: str) -> Iterator[str]:
 
 
 def _read_jsonl(path: Path, spec: SourceSpec) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # stray invalid bytes become U+FFFD, as in .txt
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -116,7 +117,7 @@ def _read_jsonl(path: Path, spec: SourceSpec) -> Iterator[str]:
 
 def _read_csv(path: Path, spec: SourceSpec) -> Iterator[str]:
     csv.field_size_limit(sys.maxsize)  # documents are long; the default 128 KiB cap would reject them
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
         reader = csv.DictReader(f)
         if spec.text_field not in (reader.fieldnames or []):
             raise _missing_field(spec, str(path), list(reader.fieldnames or []))
