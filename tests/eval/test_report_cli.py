@@ -61,6 +61,7 @@ def test_card_update_keeps_everything_else_and_is_idempotent(tmp_path):
     ppl = next(r for r in results if r["dataset"]["name"] == "wiki.test.raw")
     assert {m["type"]: m["value"] for m in ppl["metrics"]} == {"loss": 3.3, "perplexity": 27.11, "bits_per_byte": 1.189}
     assert "Hand-written text that must survive." in text and text.count(SECTION_BEGIN) == 1
+    assert "&id" not in text and "*id" not in text  # plain YAML, no anchors
     assert "1 strong / 0 moderate / 1 weak" in text
     report = json.loads((tmp_path / "eval_report.json").read_text())
     assert report["blimp"]["overall_accuracy"] == pytest.approx(0.71)

@@ -154,6 +154,13 @@ def model_index_results(ppl: Sequence[PerplexityResult], blimp: BlimpResult | No
     return out
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No `&id001` anchors: the hub's model-index parser expects plain YAML."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def _split_front_matter(text: str) -> tuple[dict, str]:
     match = _FRONT_RE.match(text)
     if not match:
@@ -191,7 +198,7 @@ def update_model_card(readme: str | Path, model_name: str, results: list[dict], 
         body = _SECTION_RE.sub(lambda _: block, body, count=1)
     else:
         body = body.rstrip("\n") + "\n\n" + block + "\n"
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=120)
+    front = yaml.dump(meta, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, width=120)
     return atomic_write_text(readme, f"---\n{front}---\n{body}")
 
 
