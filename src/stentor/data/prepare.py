@@ -392,8 +392,6 @@ def _tokenize(cfg: DataConfig, tokenizer, dtype: np.dtype, work: Path, progress:
             log.warning("tokenizer cannot be sent to worker processes (%s); tokenizing in this process", exc)
             num_workers = 0
 
-    total = cfg.source_token_budget + (cfg.max_val_tokens or 0) if cfg.source_token_budget else None
-    done_tokens = progress["tokens"]["train"] + progress["tokens"]["val"]
     start = time.perf_counter()
     start_docs = progress["doc_pos"]
     chunks = _chunks(cfg, progress["raw_pos"], progress["doc_pos"])
@@ -402,7 +400,9 @@ def _tokenize(cfg: DataConfig, tokenizer, dtype: np.dtype, work: Path, progress:
         if payload:
             ctx = multiprocessing.get_context("spawn")  # fork is unsafe with tokenizer threads and torch
             pool = stack.enter_context(ctx.Pool(num_workers, initializer=_init_worker, initargs=payload))
-        bar = stack.enter_context(tqdm(total=total, initial=done_tokens, unit="tok", unit_scale=True, desc="tokenizing"))
+        # The bar counts training tokens, so with a budget its total and ETA are exact; validation comes first.
+        bar = stack.enter_context(tqdm(total=cfg.source_token_budget, initial=progress["tokens"]["train"], unit="tok",
+                                       unit_scale=True, desc="tokenizing"))
         job = (cfg.clean, *_special_ids(tokenizer), dtype.name)
         encoded = _encoded_chunks(chunks, encoder, job, pool, window=2 * max(num_workers, 1))
         for chunk, (flat, lengths) in encoded:
@@ -423,8 +423,9 @@ def _tokenize(cfg: DataConfig, tokenizer, dtype: np.dtype, work: Path, progress:
             progress["budget_reached"] = finished
             progress["complete"] = finished
             atomic_write_text(work / "progress.json", json.dumps(progress))
-            bar.update(len(flat))
-            bar.set_postfix(docs_s=f"{(chunk.doc_end - start_docs) / (time.perf_counter() - start):.0f}", refresh=False)
+            bar.update(len(flat) if split == "train" else 0)
+            bar.set_postfix(val_tok=progress["tokens"]["val"],
+                            docs_s=f"{(chunk.doc_end - start_docs) / (time.perf_counter() - start):.0f}", refresh=False)
             if finished:
                 break
     progress["complete"] = True
