@@ -91,6 +91,19 @@ def test_int4_rejects_unsupported_shapes_before_loading(make_model, tmp_path):
     quantize_dir(src, tmp_path / "q", "int4", group_size=32)  # 96 = 3 x 32 works
 
 
+def test_int8_weight_only_rejects_inputs_not_multiple_of_16(make_model, tmp_path):
+    """torch's int8 weight-only kernel silently returns wrong numbers for such shapes: refuse them."""
+    src = make_model(tmp_path / "odd", hidden_size=72, num_attention_heads=2, num_key_value_heads=2)
+    for method in ("int8", "int4"):
+        with pytest.raises(StentorError, match=f"{method} needs in_features divisible by 16.*72 inputs.*int8-dynamic"):
+            quantize_dir(src, tmp_path / "q", method, group_size=32)
+    out = quantize_dir(src, tmp_path / "q", "int8-dynamic")  # the integer matmul takes any shape
+    ids = _ids(384)
+    with torch.no_grad():
+        want, got = load_model(str(src))(ids).logits, load_quantized(out)(ids).logits
+    assert ((got - want).norm() / want.norm()).item() < TOLERANCE["int8-dynamic"]
+
+
 def test_cli_quantize_and_errors(tiny_dir, tmp_path, capsys):
     assert main(["quantize", "--model", str(tiny_dir), "--method", "int8", "-o", str(tmp_path / "q8")]) == 0
     assert "wrote" in capsys.readouterr().out and is_quantized_dir(tmp_path / "q8")

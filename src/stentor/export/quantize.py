@@ -119,7 +119,7 @@ class Int4Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, group_size: int):
         super().__init__()
-        check_int4_shape(in_features, out_features, group_size)
+        check_shape("int4", in_features, out_features, group_size)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         groups = in_features // group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
@@ -162,12 +162,21 @@ class Int4Linear(nn.Module):
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
-def check_int4_shape(in_features: int, out_features: int, group_size: int, name: str = "a Linear layer") -> None:
+def check_shape(method: str, in_features: int, out_features: int, group_size: int, name: str = "a Linear layer") -> None:
+    """The kernels' shape rules; torch's int8 weight-only kernel returns garbage (or crashes) when they are broken."""
+    if method in ("int8", "int4") and in_features % 16:
+        raise StentorError(
+            f"{method} needs in_features divisible by 16 (torch's CPU int8 weight-only kernel): {name} has "
+            f"{in_features} inputs; use --method int8-dynamic"
+        )
+    if method != "int4":
+        return
     if in_features % group_size:
+        fits = next((g for g in GROUP_SIZES if in_features % g == 0), None)
+        fix = f"pass --group-size {fits}" if fits else "use --method int8"
         raise StentorError(
             f"int4 needs in_features divisible by the group size: {name} has {in_features} inputs, "
-            f"group size {group_size}; pass --group-size {next((g for g in GROUP_SIZES if in_features % g == 0), 32)} "
-            "or use --method int8"
+            f"group size {group_size}; {fix}"
         )
     if out_features % 16:
         raise StentorError(
@@ -205,9 +214,9 @@ def _check_model(model: nn.Module, cfg: QuantConfig) -> dict[str, nn.Linear]:
     if not hasattr(model, "model") or not hasattr(model, "lm_head"):
         raise StentorError(f"stentor quantize works on *ForCausalLM models with .model and .lm_head; got {type(model).__name__}")
     linears = _body_linears(model)
-    if cfg.method == "int4":
-        for name, linear in linears.items():
-            check_int4_shape(linear.in_features, linear.out_features, cfg.group_size, name)
+    for name, linear in linears.items():
+        check_shape(cfg.method, linear.in_features, linear.out_features, cfg.group_size, name)
+    check_shape("int8" if cfg.method == "int4" else cfg.method, model.lm_head.in_features, 0, 0, "lm_head")
     return linears
 
 

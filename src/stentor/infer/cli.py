@@ -45,7 +45,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.draft:  # speculative decoding lives in stentor.infer.speculative (deployment, issue 7)
         from stentor.infer.speculative import generate_with_draft
 
-        return generate_with_draft(lm, args.draft, args.prompt, args.draft_k, chat=args.chat, echo=not (args.chat or args.no_echo), **sampling)
+        echo = not (args.chat or args.no_echo)
+        return generate_with_draft(lm, args.draft, args.prompt, args.draft_k, chat=args.chat, echo=echo, **sampling)
     if args.num_samples > 1 or args.no_stream:
         texts = lm.generate(args.prompt, chat=args.chat, **sampling)
         for i, text in enumerate(texts if isinstance(texts, list) else [texts]):
