@@ -68,7 +68,7 @@ def main() -> None:
     naive_rate = len(naive_sample) / (time.perf_counter() - t)
 
     t = time.perf_counter()
-    fast = sentence_logprobs(model, tokenizer, sample, batch_size=args.batch_size)
+    sentence_logprobs(model, tokenizer, sample, batch_size=args.batch_size)
     fast_s = time.perf_counter() - t
     fast_rate = len(sample) / fast_s
 

@@ -105,3 +105,16 @@ def test_local_dir_needs_the_requested_paradigms(tmp_path):
     with pytest.raises(StentorError, match="does not exist"):
         load_blimp(str(tmp_path / "nope"))
     assert len(BLIMP_PARADIGMS) == len(set(BLIMP_PARADIGMS)) == 67
+
+
+def test_hub_data_offline_is_a_one_line_error(monkeypatch, tmp_path):
+    import datasets
+    import huggingface_hub.constants
+
+    # Offline with empty caches, so a copy cached on this machine cannot answer instead.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(StentorError, match=r"cannot load nyu-mll/blimp \(passive_1\).*offline, pass --data DIR"):
+        load_blimp("nyu-mll/blimp", tasks=["passive_1"])

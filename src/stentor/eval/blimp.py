@@ -256,10 +256,13 @@ def evaluate_blimp(
     """Score every pair; good must beat bad strictly."""
     if not paradigms:
         raise StentorError("no BLiMP paradigms to evaluate")
-    sentences = [s for p in paradigms for pair in p.pairs for s in pair]
-    scores = iter(sentence_logprobs(model, tokenizer, sentences, batch_size, progress))
+    sentences = [s for p in paradigms for pair in p.pairs for s in pair]  # good, bad, good, bad, ...
+    scores = sentence_logprobs(model, tokenizer, sentences, batch_size, progress)
     results = []
+    start = 0
     for p in paradigms:
-        correct = sum(next(scores) > next(scores) for _ in p.pairs)
+        end = start + 2 * len(p.pairs)
+        correct = sum(good > bad for good, bad in zip(scores[start:end:2], scores[start + 1 : end : 2]))
         results.append(ParadigmScore(p.uid, p.field, p.term, correct, len(p.pairs)))
+        start = end
     return BlimpResult(results, data)
