@@ -269,12 +269,10 @@ def _prompt_ids(lm: Stentor, body: dict, chat: bool, config: ServeConfig) -> lis
 def build_app(lm: Stentor, config: ServeConfig):
     """The Starlette application; its lifespan starts and stops the scheduler thread."""
     import contextlib
+    import importlib.util
 
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise StentorError("stentor serve needs starlette and uvicorn: pip install 'stentor[serve]'") from None
+    if not all(importlib.util.find_spec(name) for name in ("starlette", "uvicorn")):
+        raise StentorError("stentor serve needs starlette and uvicorn: pip install 'stentor[serve]'")
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
