@@ -49,6 +49,7 @@ def test_resolved_yaml_round_trips(tmp_path):
         (["precision.mixed_precision=fp8"], "precision.mixed_precision must be one of no, fp16, bf16"),
         (["schedule.scheduler=wsd", "schedule.stable_ratio=0.99"], "leaves no room to decay"),
         (["batch"], "--set expects key.sub=value"),
+        (["tokenizer=[1]"], "config key tokenizer must be str"),
     ],
 )
 def test_bad_config_names_the_problem(overrides, expected):
@@ -59,7 +60,9 @@ def test_bad_config_names_the_problem(overrides, expected):
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(CARD, ["schedule.token_budget=null", "optim.learning_rate=1e-3", "schedule.max_train_steps=4.8e3"])
+    cfg = load_config(CARD, ["schedule.token_budget=null", "optim.learning_rate=1e-3", "schedule.max_train_steps=4.8e3",
+                             "precision.mixed_precision=no"])
+    assert cfg.precision.mixed_precision == "no"
     assert cfg.schedule.token_budget is None and cfg.optim.learning_rate == 1e-3 and cfg.schedule.max_train_steps == 4800
 
 

@@ -112,7 +112,7 @@ class PrecisionSection:
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    # A local HF tokenizer dir / hub id, or a TokenMonster vocab for `stentor.tokenizer`.
+    # Anything `stentor.tokenizer.hf.load_tokenizer` takes: a TokenMonster name or .vocab, a tokenizer dir, a hub id.
     tokenizer: str = "english-8000-strict-nocapcode-v1"
     data: DataConfig = field(default_factory=DataConfig)
     # Where the tokenized train.bin/val.bin go; default <run dir>/data. Reused when its meta.json matches.
@@ -227,6 +227,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return number
         if tp is int and number.is_integer():
             return int(number)
+    if tp is str and isinstance(value, bool):
+        value = "yes" if value else "no"  # YAML 1.1 reads a bare `no` (mixed_precision: no) as false
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise StentorError(f"config key {where} must be {tp.__name__}, got {value!r}")
     return value

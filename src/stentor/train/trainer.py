@@ -52,29 +52,6 @@ class TrainResult:
     interrupted: bool
 
 
-def load_tokenizer(spec: str):
-    """An HF tokenizer directory (ours or any), `hf:<hub id>`, or a TokenMonster vocab for stentor's tokenizer."""
-    from transformers import AutoTokenizer
-
-    path = Path(spec).expanduser()
-    if spec.startswith("hf:"):
-        try:
-            return AutoTokenizer.from_pretrained(spec[3:])
-        except OSError as exc:
-            raise StentorError(
-                f"cannot load tokenizer {spec[3:]!r} from the Hugging Face hub ({str(exc).splitlines()[0]}); "
-                "offline, point `tokenizer` at a local tokenizer directory"
-            ) from None
-    if path.is_dir() and not (path / "tokenizer.vocab").exists():
-        try:
-            return AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise StentorError(f"{path} is not a loadable tokenizer directory: {str(exc).splitlines()[0]}") from None
-    from stentor.tokenizer.hf import load_tokenizer as load_stentor_tokenizer
-
-    return load_stentor_tokenizer(spec)
-
-
 def epoch_blocks(num_blocks: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
     """This rank's block order for `epoch`: a seeded permutation, strided across ranks (disjoint, equal length)."""
     perm = np.random.default_rng([seed, epoch]).permutation(num_blocks)
@@ -114,6 +91,8 @@ class Trainer:
                 raise StentorError(
                     f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} or choose another --out"
                 )
+        from stentor.tokenizer.hf import load_tokenizer
+
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         self.mcfg = model_config(cfg, self.tokenizer)
         self.plan: Plan = make_plan(cfg, self.world, self.mcfg)
