@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.shared, pytest.mark.slow, pytest.mark.timeout(180)]
 PILOT = "data/fineweb_legal_pilot/fineweb_sample10bt_legal_annotated_2800docs.jsonl"
 
 
-def byte_bpe_tokenizer(corpus, out_dir, docs: int = 300, vocab: int = 1024):
+def byte_bpe_tokenizer(corpus, out_dir, docs: int = 150, vocab: int = 1024):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

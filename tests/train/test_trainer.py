@@ -61,6 +61,9 @@ def test_non_finite_step_is_never_applied_and_is_counted(recipe, tmp_path):
     assert all(rows[s]["train_loss"] for s in (1, 3, 4))
     assert json.loads((tmp_path / "run/checkpoints/step-4/trainer_state.json").read_text())["skipped_steps"] == 1
     assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
+    curves = (tmp_path / "run" / "training_curves.csv").read_text()
+    again = Trainer.resume(tmp_path / "run").fit()  # a finished run resumes to a no-op
+    assert again.steps == 4 and (tmp_path / "run" / "training_curves.csv").read_text() == curves
 
     # Directly: a poisoned step leaves weights and optimizer state untouched; the next one applies.
     before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
