@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "stentor.tokenizer.cli",
     "stentor.infer.cli",
     "stentor.export.cli",
+    "stentor.quickstart.cli",
     "stentor.eval.cli",
 ]
 

@@ -1,0 +1,1 @@
+"""The offline end-to-end quickstart and its built-in corpus."""
