@@ -79,6 +79,12 @@ class Trainer:
         # run them as CPU processes over gloo instead of letting each one train alone.
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.acc = Accelerator(mixed_precision=cfg.precision.mixed_precision, cpu=cpu_group)
+        if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            # Our checkpoints save the full model and one optimizer state: right for DDP, wrong for sharded states.
+            raise StentorError(
+                f"stentor train supports single-process and DDP runs, not {self.acc.distributed_type.name} yet; "
+                "launch without the FSDP/DeepSpeed accelerate config (a Stentor2-class model fits one GPU)"
+            )
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         if cfg.precision.mixed_precision == "fp16" and self.acc.device.type != "cuda" and self.is_main:
@@ -141,6 +147,7 @@ class Trainer:
 
         cfg = self.cfg
         model = build_model(self.mcfg, seed=cfg.seed)
+        self.recipe = None
         if cfg.precision.t4_recipe and cfg.precision.mixed_precision != "no":
             self.recipe = apply_t4_recipe(model, critical_layers=min(cfg.precision.critical_layers, self.mcfg.num_hidden_layers))
         self.schedule = Schedule.from_config(cfg.schedule)
