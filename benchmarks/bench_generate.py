@@ -19,8 +19,8 @@ import torch
 
 from stentor.infer.engine import Engine
 from stentor.infer.sampling import SamplingParams
-from stentor.model.build import SAMPLING_DEFAULTS, build_model
-from stentor.model.presets import get_preset
+from stentor.model.build import build_model
+from stentor.model.presets import SAMPLING_DEFAULTS, get_preset
 
 
 def cpu_name() -> str:

@@ -24,7 +24,7 @@ from bench_quantize import paragraphs, quick_model
 
 def target_only(model, prompt: list[int], new_tokens: int, sample: bool) -> tuple[list[int], float, float]:
     """Target-alone HF generate: (new tokens, wall seconds, process CPU seconds)."""
-    from stentor.model.build import SAMPLING_DEFAULTS
+    from stentor.model.presets import SAMPLING_DEFAULTS
 
     # explicit: a saved generation_config.json carries the card's penalty, which greedy here must not get
     settings = dict(do_sample=True, top_k=0, **SAMPLING_DEFAULTS) if sample else dict(do_sample=False, repetition_penalty=1.0)

@@ -1,7 +1,22 @@
-"""Generation and fast CPU inference: `load`, the decode engine, `stentor generate` and `stentor serve`."""
+"""Generation and fast CPU inference: `load`, the decode engine, `stentor generate` and `stentor serve`.
 
-from stentor.infer.api import Stentor, load, sampling_params
-from stentor.infer.engine import Engine, Step
-from stentor.infer.sampling import SamplingParams
+Names are imported on first use so that the CLI (which imports `stentor.infer.cli`) does not pay for torch.
+"""
 
-__all__ = ["Engine", "SamplingParams", "Stentor", "Step", "load", "sampling_params"]
+import importlib
+
+_EXPORTS = {
+    "Stentor": "stentor.infer.api",
+    "load": "stentor.infer.api",
+    "sampling_params": "stentor.infer.api",
+    "Engine": "stentor.infer.engine",
+    "Step": "stentor.infer.engine",
+    "SamplingParams": "stentor.infer.sampling",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stentor.infer' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stentor.model.build import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
+from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
 
 
 def _load(args: argparse.Namespace):

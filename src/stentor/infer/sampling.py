@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from stentor.errors import StentorError
-from stentor.model.build import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
+from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
 
 
 @dataclass(frozen=True)

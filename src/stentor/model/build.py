@@ -10,11 +10,7 @@ from torch import nn
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from stentor.fileio import atomic_dir
-from stentor.model.presets import ModelConfig
-
-# The card's "Recommended Generation Settings" (personal favourites) are our sampling defaults.
-SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 0.7, "repetition_penalty": 1.2}
-MAX_NEW_TOKENS_DEFAULT = 500
+from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS, ModelConfig
 
 
 def to_llama_config(cfg: ModelConfig, attn_implementation: str = "sdpa") -> LlamaConfig:

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from stentor.errors import StentorError
 
 
+# The card's "Recommended Generation Settings" (personal favourites) are our sampling defaults.
+SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 0.7, "repetition_penalty": 1.2}
+MAX_NEW_TOKENS_DEFAULT = 500  # a ceiling: the model usually stops at EOS by itself
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A Llama-style decoder, in the card's vocabulary (see docs/architecture.md)."""
