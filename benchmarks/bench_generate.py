@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per engine")
     parser.add_argument("--threads", type=int, help="torch threads for both engines (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our engine's forward")
+    parser.add_argument("--int8", action="store_true", help="also time our engine on int8 weights (`stentor quantize`)")
     args = parser.parse_args()
 
     if args.threads:
@@ -90,6 +91,13 @@ def main() -> None:
     cfg = get_preset(args.preset)
     model = build_model(cfg, seed=0).eval()
     engine = Engine(model, compile=args.compile)
+    int8_engine = None
+    if args.int8:
+        import copy
+
+        from stentor.export.quantize import QuantConfig, quantize_model
+
+        int8_engine = Engine(quantize_model(copy.deepcopy(model), QuantConfig("int8")), compile=args.compile)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(
         f"{cfg.name}: {args.prompt_tokens} prompt + {args.new_tokens} new tokens, card sampling, "
@@ -110,6 +118,10 @@ def main() -> None:
             f"ratio {ours[0] / hf[0]:5.2f}x   (per CPU-second: HF {hf[1]:.1f}, ours {ours[1]:.1f}, "
             f"ratio {ours[1] / hf[1]:.2f}x)"
         )
+        if int8_engine is not None:
+            time_ours(int8_engine, prompts[:, :8], 4)
+            q = rates([time_ours(int8_engine, prompts, args.new_tokens) for _ in range(args.repeats)], tokens)
+            print(f"batch {batch}: stentor engine on int8 weights {q[0]:8.1f} tok/s | ratio to HF {q[0] / hf[0]:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -121,3 +121,19 @@ def test_cli_quantize_and_errors(tiny_dir, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         main(["quantize", "--model", str(tiny_dir), "--method", "fp4", "-o", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("method", ["int8", "int8-dynamic", "int4"])
+def test_stentor_load_runs_quantized_dirs_in_the_engine(method, gqa_dir, tmp_path):
+    import stentor
+    from stentor.export import quantize_dir
+
+    out = quantize_dir(gqa_dir, tmp_path / method, method)
+    lm = stentor.load(out)
+    assert lm.engine is not None and lm.model.stentor_quantization.method == method
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        expected = lm.model(ids).logits
+    assert torch.allclose(lm.engine.logits(ids), expected, atol=1e-4)
+    greedy = dict(greedy=True, max_new_tokens=6, repetition_penalty=1.0)
+    assert lm.generate("Once upon a time", **greedy) == stentor.load(out, engine="hf").generate("Once upon a time", **greedy)

@@ -18,7 +18,7 @@ def _quantize(args: argparse.Namespace) -> int:
     from stentor.export.quantize import quantize_dir
 
     out = quantize_dir(args.model, args.output, args.method, args.group_size)
-    print(f"wrote {out} ({args.method}, {_size(out / 'model.safetensors')}); load it with stentor.export.load_quantized")
+    print(f"wrote {out} ({args.method}, {_size(out / 'model.safetensors')}); load it with stentor.load (or stentor generate --model)")
     return 0
 
 
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  int8-dynamic  int8 weights and per-token int8 activations (integer matmul)\n"
             "  int4          weight-only 4-bit in groups of --group-size input columns\n\n"
             "The tied embedding/lm_head matrix is stored once as int8 for every method.\n"
-            "OUT loads with stentor.export.load_quantized(OUT) (a transformers LlamaForCausalLM).\n\n"
+            "OUT loads with stentor.load(OUT) and `stentor generate --model OUT` (the decode engine runs it).\n\n"
             "example: stentor quantize --model runs/mini/final --method int8 -o runs/mini/int8"
         ),
     )

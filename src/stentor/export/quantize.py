@@ -90,6 +90,14 @@ class Int8Linear(nn.Module):
         module.qweight, module.scales = _int8_rows(weight.detach().float())
         return module
 
+    @classmethod
+    def cat(cls, modules: list[Int8Linear]) -> Int8Linear:
+        """One module whose outputs are the given modules' outputs side by side (fused projections)."""
+        module = cls(modules[0].in_features, sum(m.out_features for m in modules))
+        module.qweight = torch.cat([m.qweight for m in modules])
+        module.scales = torch.cat([m.scales for m in modules])
+        return module
+
     def dequantize(self) -> torch.Tensor:
         return self.qweight.float() * self.scales[:, None]
 
@@ -140,6 +148,16 @@ class Int4Linear(nn.Module):
         module.qweight = q[:, 0::2] | (q[:, 1::2] << 4)
         module.scales = scales.squeeze(-1)
         module.zeros = (low + 8 * scales).squeeze(-1)  # the value that q = 8 stands for
+        module.pack()
+        return module
+
+    @classmethod
+    def cat(cls, modules: list[Int4Linear]) -> Int4Linear:
+        """One module whose outputs are the given modules' outputs side by side (fused projections)."""
+        first = modules[0]
+        module = cls(first.in_features, sum(m.out_features for m in modules), first.group_size)
+        for name in ("qweight", "scales", "zeros"):
+            setattr(module, name, torch.cat([getattr(m, name) for m in modules]))
         module.pack()
         return module
 

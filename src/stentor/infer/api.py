@@ -48,10 +48,12 @@ class Stentor:
     ):
         if engine not in ENGINES:
             raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if getattr(model, "stentor_quantization", None) is None:
+            model = model.float()  # fp32 like the engine; a quantized model keeps the dtypes its kernels need
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.backend = engine
-        self.engine = Engine(model.float(), compile=compile) if engine == "stentor" else None
+        self.engine = Engine(model, compile=compile) if engine == "stentor" else None
         self.vocab_size = model.config.vocab_size
         self.context = model.config.max_position_embeddings
         self.eos_ids = self._eos_ids()
@@ -251,9 +253,11 @@ def load(
     """Load a model directory (or a hub id, when online or cached) and its tokenizer.
 
     The weights must be safetensors; the tokenizer comes from the same place unless given.
+    A `stentor quantize` directory loads with its int8/int4 layers, in either engine.
     """
     from transformers import AutoModelForCausalLM
 
+    from stentor.export.quantize import is_quantized_dir, load_quantized
     from stentor.tokenizer.hf import load_tokenizer
 
     if engine not in ENGINES:
@@ -268,7 +272,10 @@ def load(
     elif not _looks_like_hub_id(spec):
         raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else spec, use_safetensors=True)
+        if path.exists() and is_quantized_dir(path):
+            model = load_quantized(path)  # int8/int4 modules; the engine runs them as they are
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else spec, use_safetensors=True)
     except OSError as exc:
         if path.exists():
             raise StentorError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None

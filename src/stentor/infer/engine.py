@@ -11,6 +11,8 @@ written to issue as few torch calls as possible per layer:
 * K and V of a layer share one preallocated cache tensor [batch, 2*kv_heads, capacity, head_dim],
   written with one copy per step; attention is one `scaled_dot_product_attention` call (GQA native).
 * Rows of a batch are left-padded; each row has its own RoPE positions, and pad keys are masked.
+* A model from `stentor quantize` keeps its int8/int4 modules, fused the same way (their `cat`), and
+  they replace the fp32 matmuls: fewer bytes of weights per token is what speeds up CPU decoding.
 
 Logits match `LlamaForCausalLM` in fp32 to ~1e-6; sampling goes through `LogitsPipeline`, which
 reproduces HF's processors, so greedy and seeded sampled tokens match HF `generate`.
@@ -32,17 +34,20 @@ from stentor.infer.text import Utf8Guard
 log = logging.getLogger(__name__)
 
 
+Weight = torch.Tensor | torch.nn.Module  # an fp32 [in, out] matrix, or a quantized Linear from stentor.export
+
+
 @dataclass
 class _Layer:
     norm1: torch.Tensor
-    w_qkv: torch.Tensor  # [hidden, (heads + 2 * kv_heads) * head_dim]
+    w_qkv: Weight  # [hidden, (heads + 2 * kv_heads) * head_dim]
     b_qkv: torch.Tensor | None
-    w_o: torch.Tensor
+    w_o: Weight
     b_o: torch.Tensor | None
     norm2: torch.Tensor
-    w_gate_up: torch.Tensor
+    w_gate_up: Weight
     b_gate_up: torch.Tensor | None
-    w_down: torch.Tensor
+    w_down: Weight
     b_down: torch.Tensor | None
 
 
@@ -54,8 +59,14 @@ class Step:
     finished: list[bool]
 
 
-def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+def _mm(x: torch.Tensor, w: Weight, b: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(w, torch.nn.Module):
+        return w(x) if b is None else w(x) + b
     return torch.mm(x, w) if b is None else torch.addmm(b, x, w)
+
+
+def _mm_add(residual: torch.Tensor, x: torch.Tensor, w: Weight) -> torch.Tensor:
+    return residual + w(x) if isinstance(w, torch.nn.Module) else torch.addmm(residual, x, w)
 
 
 class Engine:
@@ -88,17 +99,20 @@ class Engine:
             cast = lambda t: t.detach().float().contiguous()  # noqa: E731
             self.embed = cast(inner.embed_tokens.weight)
             self.norm = cast(inner.norm.weight)
-            self.lm_head = cast(model.lm_head.weight.t())
+            head = model.lm_head
+            self.lm_head = cast(head.weight.t()) if isinstance(head, torch.nn.Linear) else head
             self.layers = [self._fuse(layer, cast) for layer in inner.layers]
             self._rope_tables(inner.rotary_emb)
-        self.vocab_size = self.lm_head.shape[1]
+        self.vocab_size = config.vocab_size
         self._cache: list[torch.Tensor] = []
         self._step = torch.compile(self._forward, dynamic=True) if compile else self._forward
 
     def _fuse(self, layer, cast) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
 
-        def cat_t(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+        def cat_t(*linears) -> tuple[Weight, torch.Tensor | None]:
+            if not isinstance(linears[0], torch.nn.Linear):  # quantized (stentor.export): fuse its own way
+                return type(linears[0]).cat(list(linears)), None
             weight = cast(torch.cat([lin.weight for lin in linears]).t())
             has_bias = linears[0].bias is not None
             return weight, cast(torch.cat([lin.bias for lin in linears])) if has_bias else None
@@ -166,17 +180,17 @@ class Engine:
             values = cache_b[:, kv:, :end]
             attn = F.scaled_dot_product_attention(qkv[:, :h], keys, values, mask, is_causal=causal, enable_gqa=kv != h)
             attn = attn.transpose(1, 2).reshape(batch * steps, h * d)
-            x = torch.addmm(x if layer.b_o is None else x + layer.b_o, attn, layer.w_o)
+            x = _mm_add(x if layer.b_o is None else x + layer.b_o, attn, layer.w_o)
             y = F.rms_norm(x, (x.shape[-1],), layer.norm2, self.eps)
             gate_up = _mm(y, layer.w_gate_up, layer.b_gate_up)
             half = gate_up.shape[-1] // 2
             hidden = self.act(gate_up[:, :half]) * gate_up[:, half:]
-            x = torch.addmm(x if layer.b_down is None else x + layer.b_down, hidden, layer.w_down)
+            x = _mm_add(x if layer.b_down is None else x + layer.b_down, hidden, layer.w_down)
         if last_only:
             x = x.view(batch, steps, -1)[:, -1]
-            return torch.mm(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps), self.lm_head)
+            return _mm(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps), self.lm_head, None)
         x = F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)
-        return torch.mm(x, self.lm_head).view(batch, steps, -1)
+        return _mm(x, self.lm_head, None).view(batch, steps, -1)
 
     @staticmethod
     def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:
