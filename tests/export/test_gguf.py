@@ -8,7 +8,8 @@ import torch
 
 from stentor.cli import main
 from stentor.errors import StentorError
-from stentor.eval.loading import load_model, load_tokenizer
+from stentor.eval.loading import load_tokenizer
+from stentor.model.loading import load_model
 from stentor.export.gguf import VOCAB_KEY, export_gguf, read_gguf, unpermute_qk, write_gguf
 
 

@@ -9,7 +9,7 @@ import torch
 
 from stentor.cli import main
 from stentor.errors import StentorError
-from stentor.eval.loading import load_model
+from stentor.model.loading import load_model
 from stentor.export.onnx import OnnxDecoder, export_onnx
 
 

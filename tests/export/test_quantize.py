@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from stentor.cli import main
 from stentor.errors import StentorError
-from stentor.eval.loading import load_model
+from stentor.model.loading import load_model
 from stentor.export.quantize import (
     Int4Linear,
     Int8DynamicLinear,

@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from stentor.errors import StentorError
-
-
-def load_model(path: str, device: str = "cpu"):
-    """`AutoModelForCausalLM` from a local dir (safetensors only) or a hub id, in eval mode, float32."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    local = Path(path).is_dir()
-    if not local and Path(path).exists():
-        raise StentorError(f"--model {path} is a file; pass the model directory (config.json + model.safetensors)")
-    if local and not (Path(path) / "config.json").is_file():
-        raise StentorError(f"model dir {path} has no config.json; pass a directory written by save_pretrained")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        where = "the directory" if local else "the Hugging Face hub (are you offline?)"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StentorError(f"cannot load a causal LM from {path} via {where}: {first}") from None
-    return model.to(device).eval()
+from stentor.model.loading import load_model
 
 
 def load_tokenizer(path: str):
-    """Our TokenMonster loader when it is installed, else `AutoTokenizer`; a clear error if there is none."""
+    """`stentor.tokenizer.hf.load_tokenizer`, with the error a model dir without a tokenizer deserves."""
+    from stentor.tokenizer.hf import load_tokenizer as load_any_tokenizer
+
     try:
-        if importlib.util.find_spec("stentor.tokenizer.hf") is not None:
-            from stentor.tokenizer.hf import load_tokenizer as load_stentor_tokenizer
-
-            return load_stentor_tokenizer(path)
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
+        return load_any_tokenizer(path)
     except StentorError:
         raise
     except Exception as exc:  # tokenizer loaders raise OSError, ValueError, TypeError, KeyError...

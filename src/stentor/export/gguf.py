@@ -264,7 +264,8 @@ def export_gguf(
     model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "f16", tokenizer_path: str | None = None
 ) -> Path:
     """`stentor export gguf`: load a float model directory and its tokenizer, write and verify the file."""
-    from stentor.eval.loading import load_model, load_tokenizer
+    from stentor.eval.loading import load_tokenizer
+    from stentor.model.loading import load_model
     from stentor.export.quantize import is_quantized_dir
     from stentor.fileio import ensure_writable_dir
 

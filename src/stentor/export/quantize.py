@@ -350,7 +350,7 @@ def check_quantizable(model_dir: str | os.PathLike, cfg: QuantConfig) -> None:
 
 def quantize_dir(model_dir: str | os.PathLike, out_dir: str | os.PathLike, method: str, group_size: int = 64) -> Path:
     """`stentor quantize`: load a float model directory, quantize it, save it beside its tokenizer files."""
-    from stentor.eval.loading import load_model
+    from stentor.model.loading import load_model
     from stentor.fileio import ensure_writable_dir
 
     cfg = QuantConfig(method=method, group_size=group_size)

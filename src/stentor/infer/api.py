@@ -238,11 +238,6 @@ def _hf_steps(lm: Stentor, prompts: list[list[int]], params: SamplingParams, gua
         raise errors[0]
 
 
-def _looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
-
-
 def load(
     path_or_hub_id: str | os.PathLike,
     *,
@@ -255,33 +250,13 @@ def load(
     The weights must be safetensors; the tokenizer comes from the same place unless given.
     A `stentor quantize` directory loads with its int8/int4 layers, in either engine.
     """
-    from transformers import AutoModelForCausalLM
-
-    from stentor.export.quantize import is_quantized_dir, load_quantized
+    from stentor.model.loading import load_model
     from stentor.tokenizer.hf import load_tokenizer
 
     if engine not in ENGINES:
         raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spec = os.fspath(path_or_hub_id)
     path = Path(spec).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise StentorError(f"{path} is not a model directory (no config.json); pass a directory saved by stentor")
-        if not any(path.glob("*.safetensors")):
-            raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
-    elif not _looks_like_hub_id(spec):
-        raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
-    try:
-        if path.exists() and is_quantized_dir(path):
-            model = load_quantized(path)  # int8/int4 modules; the engine runs them as they are
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else spec, use_safetensors=True)
-    except OSError as exc:
-        if path.exists():
-            raise StentorError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
-        raise StentorError(
-            f"cannot load {spec!r} from the Hugging Face hub (offline, or no such repository): download it while "
-            f"online (`hf download {spec}`) and pass the local directory"
-        ) from None
+    model = load_model(spec)
     tok = load_tokenizer(tokenizer if tokenizer is not None else (str(path) if path.exists() else spec))
     return Stentor(model, tok, engine=engine, compile=compile)

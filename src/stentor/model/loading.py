@@ -1,0 +1,51 @@
+"""Load a causal LM directory (or a hub id) for any stentor command: safetensors only, one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from stentor.errors import StentorError
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
+
+
+def load_model(spec: str | os.PathLike, device: str = "cpu"):
+    """An `AutoModelForCausalLM` in eval mode: a local directory, a `stentor quantize` directory, or a hub id.
+
+    Float models load in float32. Weights are read from safetensors only (never unpickled).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stentor.export.quantize import is_quantized_dir, load_quantized
+
+    spec = os.fspath(spec)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            raise StentorError(f"{path} is a file; pass the model directory (config.json + model.safetensors)")
+        if not (path / "config.json").is_file():
+            raise StentorError(f"{path} is not a model directory (no config.json); pass a directory saved by stentor")
+        if is_quantized_dir(path):
+            return load_quantized(path).to(device).eval()
+        if not any(path.glob("*.safetensors")):
+            raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
+    elif not looks_like_hub_id(spec):
+        raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path) if path.exists() else spec, dtype=torch.float32, use_safetensors=True
+        )
+    except (OSError, ValueError) as exc:
+        if path.exists():
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StentorError(f"cannot load the model in {path}: {first}") from None
+        raise StentorError(
+            f"cannot load {spec!r} from the Hugging Face hub (offline, or no such repository): download it while "
+            f"online (`hf download {spec}`) and pass the local directory"
+        ) from None
+    return model.to(device).eval()
