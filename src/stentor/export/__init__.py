@@ -8,7 +8,7 @@ Names are imported on first use so that `stentor --help` does not pay for torch;
 lists below are plain data for the same reason (the CLI builds its choices from them).
 """
 
-import importlib
+from stentor.lazy import lazy_exports
 
 QUANT_METHODS = ("int8", "int8-dynamic", "int4")
 GROUP_SIZES = (32, 64, 128)
@@ -28,9 +28,4 @@ _EXPORTS = {
     "export_onnx": "stentor.export.onnx",
 }
 __all__ = sorted([*_EXPORTS, "GGUF_DTYPES", "GROUP_SIZES", "QUANT_METHODS"])
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'stentor.export' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

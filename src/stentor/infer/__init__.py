@@ -3,7 +3,7 @@
 Names are imported on first use so that the CLI (which imports `stentor.infer.cli`) does not pay for torch.
 """
 
-import importlib
+from stentor.lazy import lazy_exports
 
 _EXPORTS = {
     "Stentor": "stentor.infer.api",
@@ -14,9 +14,4 @@ _EXPORTS = {
     "SamplingParams": "stentor.infer.sampling",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'stentor.infer' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

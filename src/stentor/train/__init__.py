@@ -6,7 +6,7 @@
 Names are imported on first use so that `stentor --help` does not pay for torch.
 """
 
-import importlib
+from stentor.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "stentor.train.config",
@@ -19,9 +19,4 @@ _EXPORTS = {
     "resume": "stentor.train.trainer",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'stentor.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
