@@ -140,7 +140,11 @@ def _read_hub(spec: SourceSpec) -> Iterator[str]:
     """Stream a hub dataset; every failure to reach it becomes one clear StentorError."""
     import datasets
 
+    from stentor.hub import hub_offline
+
     try:
+        if hub_offline():
+            raise ConnectionError("the Hugging Face hub is unreachable")
         ds = datasets.load_dataset(spec.hf_id, spec.hf_config, split=spec.split, streaming=True)
         first = True
         for record in ds:

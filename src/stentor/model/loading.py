@@ -36,9 +36,14 @@ def load_model(spec: str | os.PathLike, device: str = "cpu"):
             raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
     elif not looks_like_hub_id(spec):
         raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
+    from stentor.hub import hub_offline
+
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path) if path.exists() else spec, dtype=torch.float32, use_safetensors=True
+            str(path) if path.exists() else spec,
+            dtype=torch.float32,
+            use_safetensors=True,
+            local_files_only=not path.exists() and hub_offline(),  # offline: the HF cache or a quick error
         )
     except (OSError, ValueError) as exc:
         if path.exists():

@@ -63,6 +63,10 @@ def load_tokenizer(spec: str | os.PathLike, **kwargs):
 def _auto_tokenizer(spec: str, **kwargs):
     from transformers import AutoTokenizer
 
+    from stentor.hub import hub_offline
+
+    if not Path(spec).exists() and hub_offline():
+        kwargs.setdefault("local_files_only", True)  # offline: the HF cache or a quick error, not retries
     try:
         return AutoTokenizer.from_pretrained(spec, **kwargs)
     except OSError as exc:

@@ -65,6 +65,10 @@ def resolve_vocab(spec: str | os.PathLike, download: bool = True) -> Path:
     except (OSError, EntryNotFoundError):
         if not download:
             raise _missing(spec, "not in the Hugging Face cache") from None
+    from stentor.hub import hub_offline
+
+    if hub_offline():
+        raise _missing(spec, "offline or hub unreachable")
     try:
         return Path(hf_hub_download(HUB_REPO, f"vocabs/{spec}.vocab"))
     except (OSError, EntryNotFoundError) as exc:
