@@ -36,3 +36,21 @@ def test_init_writes_hf_dir(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["vocab_size"] == 8064
     assert cfg["tie_word_embeddings"] is True
+
+
+def test_init_with_tokenizer_is_ready_to_generate(tmp_path, shared_dir):
+    vocab = shared_dir / "tokenmonster" / "vocabs" / "english-8000-strict-cap1-oracle.vocab"
+    res = run("init", "--preset", "stentor2-tiny", "--out", str(tmp_path / "m"), "--tokenizer", str(vocab))
+    assert res.returncode == 0, res.stderr
+    res = run("generate", "--model", str(tmp_path / "m"), "--greedy", "--max-new-tokens", "5", "Hello")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("Hello")
+
+
+def test_init_rejects_a_tokenizer_larger_than_the_embedding(tmp_path, shared_dir):
+    vocab = shared_dir / "tokenmonster" / "vocabs" / "english-8000-strict-cap1-oracle.vocab"
+    res = run("init", "--preset", "stentor-12m-v1", "--out", str(tmp_path / "m"), "--tokenizer", str(vocab))
+    assert res.returncode == 0  # 8,064 tokens fit v1's 32,768 rows
+    res = run("init", "--preset", "stentor2-mini", "--out", str(tmp_path / "m2"), "--tokenizer", str(vocab))
+    assert res.returncode == 2 and "embeds only 4,096" in res.stderr
+    assert not (tmp_path / "m2").exists()

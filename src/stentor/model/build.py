@@ -85,9 +85,12 @@ def generation_config_for(cfg: ModelConfig) -> GenerationConfig:
     )
 
 
-def save_model_dir(model: LlamaForCausalLM, cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
-    """Write a standard HF model directory atomically: config.json, model.safetensors, generation_config.json."""
+def save_model_dir(model: LlamaForCausalLM, cfg: ModelConfig, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+    """Write a standard HF model directory atomically: config.json, model.safetensors, generation_config.json,
+    and the tokenizer's files when one is given (model and tokenizer appear together or not at all)."""
     model.generation_config = generation_config_for(cfg)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
     return Path(out_dir)

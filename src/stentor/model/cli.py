@@ -35,9 +35,21 @@ def _init(args: argparse.Namespace) -> int:
 
     cfg = get_preset(args.preset)
     ensure_writable_dir(args.out.parent if args.out.parent != args.out else args.out)
+    tokenizer = None
+    if args.tokenizer:
+        from stentor.errors import StentorError
+        from stentor.tokenizer.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+        if len(tokenizer) > cfg.vocab_size:
+            raise StentorError(
+                f"the tokenizer has {len(tokenizer):,} tokens but {cfg.name} embeds only {cfg.vocab_size:,}; "
+                "pick a preset with a larger vocabulary or a smaller tokenizer"
+            )
     model = build_model(cfg, seed=args.seed)
-    save_model_dir(model, cfg, args.out)
-    print(f"wrote a randomly initialized {cfg.name} ({sum(p.numel() for p in model.parameters()):,} params) to {args.out}")
+    save_model_dir(model, cfg, args.out, tokenizer=tokenizer)
+    what = " with its tokenizer" if tokenizer is not None else " (no tokenizer: pass --tokenizer to generate or evaluate it)"
+    print(f"wrote a randomly initialized {cfg.name} ({sum(p.numel() for p in model.parameters()):,} params) to {args.out}{what}")
     return 0
 
 
@@ -74,4 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="stentor2-12m", help="preset name (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
     p.add_argument("--seed", type=int, default=42, help="initialization seed (default: %(default)s)")
+    p.add_argument(
+        "--tokenizer",
+        metavar="VOCAB|DIR",
+        help="also save a tokenizer: a TokenMonster .vocab or official name, or a tokenizer directory",
+    )
     p.set_defaults(func=_init)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stentor.errors import StentorError
-from stentor.fileio import atomic_dir, atomic_write_text, ensure_writable_dir
+from stentor.fileio import atomic_write_text, ensure_writable_dir
 from stentor.train.checkpoint import (
     TrainerState,
     clean_partial_saves,
@@ -256,9 +256,7 @@ class Trainer:
         from stentor.model.build import save_model_dir
 
         if self.is_main:
-            with atomic_dir(self.run_dir / name) as tmp:  # model and tokenizer appear together or not at all
-                save_model_dir(self.raw_model, self.mcfg, tmp)
-                self.tokenizer.save_pretrained(str(tmp))
+            save_model_dir(self.raw_model, self.mcfg, self.run_dir / name, tokenizer=self.tokenizer)
         self.acc.wait_for_everyone()
 
     def _save_checkpoint(self) -> None:
