@@ -6,7 +6,7 @@ import sys
 
 from transformers import AutoModelForCausalLM
 
-from stentor.quickstart.corpus import stdlib_documents, write_corpus
+from stentor.quickstart.corpus import stdlib_documents, write_jsonl
 from stentor.quickstart.run import QuickstartConfig, run_quickstart
 
 
@@ -18,13 +18,13 @@ def test_builtin_corpus_is_real_prose_and_deterministic(tmp_path):
     common = {"the", "of", "and", "is", "to", "a"}
     assert sum(w in common for w in words) / len(words) > 0.1  # English function words, not code
     assert docs == stdlib_documents(max_chars=200_000)
-    n_docs, n_chars = write_corpus(tmp_path / "c.jsonl", max_chars=50_000)
-    lines = (tmp_path / "c.jsonl").read_text().splitlines()
-    assert len(lines) == n_docs and sum(len(json.loads(x)["text"]) for x in lines) == n_chars
+    small = stdlib_documents(max_chars=50_000)
+    lines = write_jsonl(tmp_path / "c.jsonl", small).read_text().splitlines()
+    assert [json.loads(x)["text"] for x in lines] == small
 
 
 def test_quickstart_end_to_end(tmp_path):
-    write_corpus(tmp_path / "corpus.jsonl", max_chars=150_000)
+    write_jsonl(tmp_path / "corpus.jsonl", stdlib_documents(max_chars=150_000))
     cfg = QuickstartConfig(
         out=tmp_path / "qs",
         data=[str(tmp_path / "corpus.jsonl")],

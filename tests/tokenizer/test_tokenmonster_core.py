@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pickle
-import random
 import unicodedata
 from pathlib import Path
 
 import pytest
+from vocab_fuzz import assert_corruptions_rejected_or_clean
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -291,17 +291,9 @@ def test_every_truncation_is_rejected(cap2_unk: Vocab) -> None:
 
 @pytest.mark.timeout(60)
 def test_random_corruptions_raise_vocab_error_or_load_cleanly(cap2_unk: Vocab) -> None:
-    raw = cap2_unk.to_bytes()
-    rng = random.Random(1234)
-    for _ in range(1500):
-        data = bytearray(raw)
-        for _ in range(rng.randint(1, 4)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        try:
-            vocab = Vocab.from_bytes(bytes(data))
-        except VocabError:
-            continue
-        vocab.decode(vocab.encode("Hello, world! 123 é"))
+    assert_corruptions_rejected_or_clean(
+        cap2_unk.to_bytes(), seed=1234, rounds=1500, max_flips=4, text="Hello, world! 123 é"
+    )
 
 
 @pytest.mark.parametrize("patch, message", [

@@ -9,6 +9,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from vocab_fuzz import assert_corruptions_rejected_or_clean
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -148,16 +149,7 @@ def test_real_vocab_truncations_are_rejected(tm_dir: Path, name: str, sample: in
 @pytest.mark.timeout(120)
 def test_real_vocab_corruptions_raise_vocab_error_or_load_cleanly(tm_dir: Path) -> None:
     raw = (tm_dir / "vocabs" / "tm_utf8_cap2_nfd_unk.vocab").read_bytes()
-    rng = random.Random(99)
-    for _ in range(150):
-        data = bytearray(raw)
-        for _ in range(rng.randint(1, 3)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        try:
-            vocab = Vocab.from_bytes(bytes(data))
-        except VocabError:
-            continue
-        vocab.decode(vocab.encode("Hello, WORLD! 42 naïve"))
+    assert_corruptions_rejected_or_clean(raw, seed=99, rounds=150, max_flips=3, text="Hello, WORLD! 42 naïve")
 
 
 _PRINTABLE = st.text(st.sampled_from([chr(c) for c in range(32, 127)] + ["\t", "\n", "\r"]), max_size=300)

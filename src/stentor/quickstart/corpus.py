@@ -45,12 +45,10 @@ def stdlib_documents(max_chars: int | None = None) -> list[str]:
     return docs
 
 
-def write_corpus(out_file: Path, max_chars: int | None = None) -> tuple[int, int]:
-    """Write the corpus as JSON lines ({"text": ...}); returns (documents, characters)."""
+def write_jsonl(out_file: Path, docs: list[str]) -> Path:
+    """Documents as JSON lines ({"text": ...}), written atomically: the form every stentor data reader takes."""
     import json
 
     from stentor.fileio import atomic_write_text
 
-    docs = stdlib_documents(max_chars)
-    atomic_write_text(out_file, "".join(json.dumps({"text": d}) + "\n" for d in docs))
-    return len(docs), sum(map(len, docs))
+    return atomic_write_text(out_file, "".join(json.dumps({"text": d}) + "\n" for d in docs))

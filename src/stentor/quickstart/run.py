@@ -7,7 +7,6 @@ generations (`stentor.load`) -> a short Markdown report with the metrics, the cu
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ import yaml
 
 from stentor.errors import StentorError
 from stentor.fileio import atomic_write_text, ensure_writable_dir
+from stentor.quickstart.corpus import write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ def _corpus(cfg: QuickstartConfig, work: Path) -> tuple[list[str], list[str], st
         raise StentorError(f"{where}: only {len(docs)} non-empty documents; the quickstart needs at least {2 * HELD_OUT_EVERY}")
     held_out = docs[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY]
     train = [d for i, d in enumerate(docs) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
-    for name, part in (("train.jsonl", train), ("held_out.jsonl", held_out)):
-        atomic_write_text(work / name, "".join(json.dumps({"text": d}) + "\n" for d in part))
+    write_jsonl(work / "train.jsonl", train)
+    write_jsonl(work / "held_out.jsonl", held_out)
     return train, held_out, where
 
 
