@@ -280,14 +280,20 @@ def _encoded_chunks(chunks: Iterator[_Chunk], encoder, job: tuple, pool,
             yield chunk, _encode_chunk(encoder, chunk.texts, *job)
         return
     pending: collections.deque = collections.deque()
-    for chunk in chunks:
-        pending.append((chunk, pool.apply_async(_worker_encode, ((chunk.texts, *job),))))
-        if len(pending) >= window:
+    try:
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(_worker_encode, ((chunk.texts, *job),))))
+            if len(pending) >= window:
+                done, result = pending.popleft()
+                yield done, result.get()
+        while pending:
             done, result = pending.popleft()
             yield done, result.get()
-    while pending:
-        done, result = pending.popleft()
-        yield done, result.get()
+    finally:
+        # A consumer that stops early (budget reached) must not leave a large task half-written into the pool's
+        # pipe: Pool.terminate() then waits forever on its task thread. Let what was submitted finish first.
+        for _, result in pending:
+            result.wait()
 
 
 # --- preparation -------------------------------------------------------------------------------
@@ -404,7 +410,10 @@ def _tokenize(cfg: DataConfig, tokenizer, dtype: np.dtype, work: Path, progress:
         bar = stack.enter_context(tqdm(total=cfg.source_token_budget, initial=progress["tokens"]["train"], unit="tok",
                                        unit_scale=True, desc="tokenizing"))
         job = (cfg.clean, *_special_ids(tokenizer), dtype.name)
-        encoded = _encoded_chunks(chunks, encoder, job, pool, window=2 * max(num_workers, 1))
+        # Closed before the pool exits (ExitStack unwinds last-in first-out), so no task is in flight then.
+        encoded = stack.enter_context(
+            contextlib.closing(_encoded_chunks(chunks, encoder, job, pool, window=2 * max(num_workers, 1)))
+        )
         for chunk, (flat, lengths) in encoded:
             split, cap = chunk.split, caps[chunk.split]
             have = progress["tokens"][split]
