@@ -123,6 +123,24 @@ def test_cli_quantize_and_errors(tiny_dir, tmp_path, capsys):
         main(["quantize", "--model", str(tiny_dir), "--method", "fp4", "-o", str(tmp_path / "x")])
 
 
+def dequantized_copy(model):
+    """The float model that a quantized one stands for: every quantized Linear replaced by its dequantized weights."""
+    import copy
+
+    from torch import nn
+
+    from stentor.export.quantize import Int4Linear, Int8Linear
+
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (Int8Linear, Int4Linear)):
+            linear = nn.Linear(module.in_features, module.out_features, bias=False)
+            linear.weight.data = module.dequantize()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, linear)
+    return model.float().eval()
+
+
 @pytest.mark.parametrize("method", ["int8", "int8-dynamic", "int4"])
 def test_stentor_load_runs_quantized_dirs_in_the_engine(method, gqa_dir, tmp_path):
     import stentor
@@ -132,8 +150,22 @@ def test_stentor_load_runs_quantized_dirs_in_the_engine(method, gqa_dir, tmp_pat
     lm = stentor.load(out)
     assert lm.engine is not None and lm.model.stentor_quantization.method == method
     ids = torch.randint(0, 300, (2, 9))
+    greedy = dict(greedy=True, max_new_tokens=6, repetition_penalty=1.0)
+    if method == "int8":  # the compiled runtime: the int8 weights with float32 activations
+        assert lm.backend == "NativeEngine"
+        reference = dequantized_copy(lm.model)
+        with torch.no_grad():
+            expected = reference(ids).logits.numpy()
+        assert abs(lm.engine.logits(ids.numpy()) - expected).max() <= 1e-4
+        prompt = lm.encode("Once upon a time")
+        with torch.no_grad():
+            tokens = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                        do_sample=False, max_new_tokens=6, eos_token_id=None, pad_token_id=0)
+        steps = list(lm.generate_ids([prompt], stentor.infer.SamplingParams(stop_at_eos=False, **greedy)))
+        assert [s.tokens[0] for s in steps] == tokens[0, len(prompt):].tolist()
+        return
+    assert lm.backend == "Engine"  # int8-dynamic and int4 run on the torch engine's kernels
     with torch.no_grad():
         expected = lm.model(ids).logits
     assert torch.allclose(lm.engine.logits(ids), expected, atol=1e-4)
-    greedy = dict(greedy=True, max_new_tokens=6, repetition_penalty=1.0)
     assert lm.generate("Once upon a time", **greedy) == stentor.load(out, engine="hf").generate("Once upon a time", **greedy)

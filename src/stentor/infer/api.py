@@ -1,7 +1,14 @@
-"""`stentor.load(...)`: a model + tokenizer ready to generate text, on our engine or HF's."""
+"""`stentor.load(...)`: a model + tokenizer ready to generate text, on the compiled runtime, torch or HF.
+
+`load` of a model directory runs on the lean path when it can: weights mapped from safetensors
+into the compiled runtime (`native.py`), the tokenizer read by `TextCodec`, no torch and no
+transformers imported. `.model` (the HF model) and `.hf_tokenizer` load on first use, for the
+callers that need them (speculative decoding, evaluation).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -10,14 +17,14 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-import torch
-
 from stentor.errors import StentorError
-from stentor.infer.engine import Engine, Step
-from stentor.infer.sampling import SamplingParams
+from stentor.infer.decoding import SamplingParams, Step
 from stentor.infer.text import Utf8Guard, streaming_decoder
 
-ENGINES = ("stentor", "hf")
+log = logging.getLogger(__name__)
+
+# stentor: the compiled runtime, else the torch engine (with a notice); torch: the torch engine; hf: HF generate
+ENGINES = ("stentor", "torch", "hf")
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 
 
@@ -32,40 +39,69 @@ def sampling_params(**sampling) -> SamplingParams:
 
 
 class Stentor:
-    """A loaded model: `.model` (HF), `.tokenizer` (HF), `.generate()` and `.stream()`.
+    """A loaded model: `.generate()`, `.stream()`, `.tokenizer`, `.engine`, and the HF `.model`.
 
-    `engine="stentor"` decodes with the fast CPU `Engine`; `engine="hf"` calls `model.generate`
-    with the same settings (for comparison, or for models our engine does not cover).
+    `engine="stentor"` decodes on the compiled runtime (falling back to the torch `Engine` with a
+    one-line notice where it cannot run), `"torch"` on the torch `Engine`, `"hf"` with
+    `model.generate` and the same settings (for comparison, or for models our engines do not cover).
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer,
-        *,
-        engine: str = "stentor",
-        compile: bool = False,
-    ):
+    def __init__(self, model, tokenizer, *, engine: str = "stentor", compile: bool = False,
+                 threads: int | None = None, runtime=None, source: str | None = None):
         if engine not in ENGINES:
             raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-        if getattr(model, "stentor_quantization", None) is None:
-            model = model.float()  # fp32 like the engine; a quantized model keeps the dtypes its kernels need
-        self.model = model.eval()
+        self._model = model
+        self._source = source
         self.tokenizer = tokenizer
-        self.backend = engine
-        self.engine = Engine(model, compile=compile) if engine == "stentor" else None
-        self.vocab_size = model.config.vocab_size
-        self.context = model.config.max_position_embeddings
-        self.eos_ids = self._eos_ids()
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
+        self.engine = runtime
+        if model is not None:
+            if getattr(model, "stentor_quantization", None) is None:
+                model = model.float()  # fp32 like the engines; a quantized model keeps the dtypes its kernels need
+            self._model = model.eval()
+            if engine == "stentor" and not compile:
+                self.engine = _native_or_none(lambda w: w.from_model(model), threads)
+            if engine != "hf" and self.engine is None:
+                from stentor.infer.engine import Engine
+
+                self.engine = Engine(model, compile=compile)
+            config = model.config
+            self.vocab_size, self.context = config.vocab_size, config.max_position_embeddings
+            model_eos = [getattr(model, "generation_config", None), config]
+        else:
+            self.vocab_size, self.context = runtime.vocab_size, runtime.max_positions
+            model_eos = [runtime.weights.generation, runtime.weights.config]
+        self.backend = "hf" if self.engine is None else type(self.engine).__name__
+        self.eos_ids = self._eos_ids(model_eos)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _get(model_eos[-1], "pad_token_id")
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
         self._guard: Utf8Guard | None = None
+        self._hf_tokenizer = None
         self.lock = threading.Lock()  # one generation at a time per engine (its KV cache is shared)
 
-    def _eos_ids(self) -> frozenset[int]:
+    @property
+    def model(self):
+        """The HF model (loaded on first use after a lean load; needs torch and transformers)."""
+        if self._model is None:
+            from stentor.model.loading import load_model
+
+            self._model = load_model(self._source)
+        return self._model
+
+    @property
+    def hf_tokenizer(self):
+        """The tokenizer as a transformers object (after a lean load it is loaded on first use)."""
+        if hasattr(self.tokenizer, "convert_ids_to_tokens"):
+            return self.tokenizer
+        if self._hf_tokenizer is None:
+            from stentor.tokenizer.hf import load_tokenizer
+
+            self._hf_tokenizer = load_tokenizer(self._source)
+        return self._hf_tokenizer
+
+    def _eos_ids(self, sources: list) -> frozenset[int]:
         ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
+        for source in [*sources, self.tokenizer]:
+            eos = _get(source, "eos_token_id")
             if eos is not None:
                 ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
         return frozenset(int(i) for i in ids)
@@ -163,8 +199,25 @@ class Stentor:
             yield tail
 
 
+def _get(source, name: str):
+    """An attribute of a config object, or a key of a config dict."""
+    return source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+
+
+def _native_or_none(make, threads: int | None):
+    """A NativeEngine over `make(Weights)`, or None with a one-line notice saying why it cannot run."""
+    from stentor.infer.native import NativeEngine, Unsupported, Weights
+
+    try:
+        return NativeEngine(make(Weights), threads=threads)
+    except Unsupported as exc:
+        log.warning("stentor: using the torch engine: %s", exc)
+        return None
+
+
 def _hf_steps(lm: Stentor, prompts: list[list[int]], params: SamplingParams, guard: Utf8Guard | None) -> Iterator[Step]:
     """HF `generate` with the same settings, run in a thread and turned into the engine's `Step`s."""
+    import torch
     from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
     from transformers.generation.streamers import BaseStreamer
 
@@ -177,10 +230,10 @@ def _hf_steps(lm: Stentor, prompts: list[list[int]], params: SamplingParams, gua
 
         def __call__(self, input_ids, scores):
             if input_ids.shape[1] > self.prompt:
-                self.states = guard.advance(self.states, input_ids[:, -1])
+                self.states = guard.advance(self.states, input_ids[:, -1].numpy())
             last = input_ids.shape[1] - self.prompt + 1 >= config.max_new_tokens
-            banned = guard.mask(self.states, torch.full((len(self.states),), last))
-            return scores.masked_fill(banned, -math.inf)
+            banned = guard.mask(self.states, [last] * len(self.states))
+            return scores.masked_fill(torch.from_numpy(banned), -math.inf)
 
     steps: queue.Queue = queue.Queue()
 
@@ -244,19 +297,41 @@ def load(
     tokenizer: str | os.PathLike | None = None,
     engine: str = "stentor",
     compile: bool = False,
+    threads: int | None = None,
 ) -> Stentor:
     """Load a model directory (or a hub id, when online or cached) and its tokenizer.
 
     The weights must be safetensors; the tokenizer comes from the same place unless given.
-    A `stentor quantize` directory loads with its int8/int4 layers, in either engine.
+    A `stentor quantize` directory loads with its int8/int4 layers, in every engine. With the
+    default engine a Llama-shaped directory with a Stentor tokenizer loads on the lean path
+    (module docstring); `threads` is the compiled runtime's thread count (default: the cores).
     """
-    from stentor.model.loading import load_model
-    from stentor.tokenizer.hf import load_tokenizer
-
     if engine not in ENGINES:
         raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spec = os.fspath(path_or_hub_id)
     path = Path(spec).expanduser()
+    if engine == "stentor" and not compile and path.is_dir():
+        lean = _lean_load(path, Path(tokenizer).expanduser() if tokenizer is not None else path, threads)
+        if lean is not None:
+            return lean
+    from stentor.model.loading import load_model
+    from stentor.tokenizer.hf import load_tokenizer
+
     model = load_model(spec)
     tok = load_tokenizer(tokenizer if tokenizer is not None else (str(path) if path.exists() else spec))
-    return Stentor(model, tok, engine=engine, compile=compile)
+    return Stentor(model, tok, engine=engine, compile=compile, threads=threads, source=spec)
+
+
+def _lean_load(path: Path, tokenizer_dir: Path, threads: int | None) -> Stentor | None:
+    """The model on the compiled runtime with a `TextCodec`, or None (after a notice) where that cannot be."""
+    from stentor.tokenizer.codec import TextCodec
+    from stentor.tokenizer.tokenmonster import VocabError
+
+    try:
+        codec = TextCodec.from_dir(tokenizer_dir)
+    except (OSError, ValueError, KeyError, TypeError, VocabError):
+        return None  # not a Stentor tokenizer directory: the HF loader reads it (and reports what is wrong)
+    runtime = _native_or_none(lambda w: w.from_dir(path), threads)
+    if runtime is None:
+        return None
+    return Stentor(None, codec, runtime=runtime, source=str(path))

@@ -9,20 +9,19 @@ from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
 
 
 def _load(args: argparse.Namespace):
-    import torch
-    from transformers.utils import logging as hf_logging
-
+    from stentor.errors import StentorError
     from stentor.infer.api import load
 
-    hf_logging.disable_progress_bar()  # keep the terminal for the generated text
+    if args.threads is not None and args.threads < 1:
+        raise StentorError(f"--threads must be >= 1, got {args.threads}")
+    if args.engine != "stentor":
+        from transformers.utils import logging as hf_logging
 
-    if args.threads is not None:
-        if args.threads < 1:
-            from stentor.errors import StentorError
-
-            raise StentorError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    return load(args.model, tokenizer=args.tokenizer, engine=args.engine, compile=args.compile)
+        hf_logging.disable_progress_bar()  # keep the terminal for the generated text
+    lm = load(args.model, tokenizer=args.tokenizer, engine=args.engine, compile=args.compile, threads=args.threads)
+    if args.threads is not None and "torch" in sys.modules:  # the torch engine or HF generate
+        sys.modules["torch"].set_num_threads(args.threads)
+    return lm
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -94,12 +93,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer directory, .vocab file or hub id (default: the model's own)")
     p.add_argument(
         "--engine",
-        choices=("stentor", "hf"),
+        choices=("stentor", "torch", "hf"),
         default="stentor",
-        help="stentor: our fast CPU decode engine; hf: transformers generate, same settings (default: %(default)s)",
+        help="stentor: the compiled CPU runtime (the torch engine where it cannot run); torch: our torch "
+        "engine; hf: transformers generate, same settings (default: %(default)s)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's forward (slow start, needs a C++ compiler)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest for batch 1)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use, at most 8)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,7 +20,6 @@ reproduces HF's processors, so greedy and seeded sampled tokens match HF `genera
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,11 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from stentor.errors import StentorError
-from stentor.infer.sampling import LogitsPipeline, SamplingParams
+from stentor.infer.decoding import SamplingParams, Step, fit_prompt, plan_rows
+from stentor.infer.sampling import LogitsPipeline
 from stentor.infer.text import Utf8Guard
-
-log = logging.getLogger(__name__)
-
 
 Weight = torch.Tensor | torch.nn.Module  # an fp32 [in, out] matrix, or a quantized Linear from stentor.export
 
@@ -49,14 +46,6 @@ class _Layer:
     b_gate_up: torch.Tensor | None
     w_down: Weight
     b_down: torch.Tensor | None
-
-
-@dataclass
-class Step:
-    """One decode step: the new token of every row and which rows are finished (EOS or length)."""
-
-    tokens: list[int]
-    finished: list[bool]
 
 
 def _mm(x: torch.Tensor, w: Weight, b: torch.Tensor | None) -> torch.Tensor:
@@ -240,17 +229,9 @@ class Engine:
         Prompts must already fit the context (see `fit_prompt`). With a `guard`, rows whose params
         set `suppress_replacement_tokens` never emit a token that would render as U+FFFD.
         """
-        rows = params if isinstance(params, list) else [params] * len(prompts)
-        if len(rows) != len(prompts) or not prompts:
-            raise StentorError("generate needs at least one prompt and one SamplingParams per prompt")
-        if any(not p for p in prompts):
-            raise StentorError("empty prompt: give at least one token (e.g. the BOS token)")
+        rows, budget = plan_rows(prompts, params, self.max_positions)
         batch = len(prompts)
         width = max(len(p) for p in prompts)
-        self._check_length(width)
-        budget = [min(p.max_new_tokens, self.max_positions - len(prompt)) for p, prompt in zip(rows, prompts)]
-        if min(budget) <= 0:
-            raise StentorError(f"a prompt fills the whole {self.max_positions}-token context; shorten it")
         capacity = width + max(budget)
         ids = torch.full((batch, width), pad_id, dtype=torch.long)
         valid = torch.zeros(batch, capacity, dtype=torch.bool)
@@ -282,11 +263,11 @@ class Engine:
         while True:
             banned = None
             if guard is not None:
-                last = torch.tensor([c + 1 >= b for c, b in zip(count, budget)])
-                banned = guard.mask(states, last) & guarded
+                last = [c + 1 >= b for c, b in zip(count, budget)]
+                banned = torch.from_numpy(guard.mask(states, last)) & guarded
             tokens = pipeline.choose(logits, seen, generator, banned)
             if guard is not None:
-                states = guard.advance(states, tokens)
+                states = guard.advance(states, tokens.numpy())
             token_list = tokens.tolist()
             for i, token in enumerate(token_list):
                 if finished[i]:
@@ -313,18 +294,5 @@ class Engine:
         return [torch.Generator().manual_seed(s) if s is not None else torch.Generator() for s in seeds]
 
     def fit_prompt(self, prompt: list[int], max_new_tokens: int) -> list[int]:
-        """Keep the last tokens of a prompt that does not fit the context, with a warning.
-
-        A prompt of at least the context length keeps its last `context - room` tokens, where
-        room = min(max_new_tokens, context // 2) is left for the answer.
-        """
-        if len(prompt) < self.max_positions:
-            return prompt
-        keep = self.max_positions - min(max_new_tokens, self.max_positions // 2)
-        log.warning(
-            "prompt of %d tokens does not fit the %d-token context; keeping its last %d tokens",
-            len(prompt),
-            self.max_positions,
-            keep,
-        )
-        return prompt[-keep:]
+        """Keep the last tokens of a prompt that does not fit the context (see `decoding.fit_prompt`)."""
+        return fit_prompt(prompt, max_new_tokens, self.max_positions)

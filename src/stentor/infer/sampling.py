@@ -8,68 +8,13 @@ Each stage takes per-row parameters so one batch can mix requests with different
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from stentor.errors import StentorError
-from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
+from stentor.infer.decoding import SamplingParams
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to pick each next token. Defaults are the card's recommended settings.
-
-    `greedy` takes the arg-max after the repetition penalty (HF `do_sample=False`);
-    `top_k=0`, `top_p=1`, `min_p=None`, `repetition_penalty=1` switch a stage off.
-    """
-
-    temperature: float = SAMPLING_DEFAULTS["temperature"]
-    top_p: float = SAMPLING_DEFAULTS["top_p"]
-    top_k: int = 0
-    min_p: float | None = None
-    repetition_penalty: float = SAMPLING_DEFAULTS["repetition_penalty"]
-    greedy: bool = False
-    seed: int | None = None
-    num_samples: int = 1
-    max_new_tokens: int = MAX_NEW_TOKENS_DEFAULT
-    stop_at_eos: bool = True
-    suppress_replacement_tokens: bool = False
-
-    def __post_init__(self) -> None:
-        def bad(name: str, value, rule: str) -> StentorError:
-            return StentorError(f"invalid sampling setting {name}={value!r}: {rule}")
-
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise bad(name, value, "must be a finite number")
-        if self.temperature < 0:
-            raise bad("temperature", self.temperature, "must be >= 0 (0 means greedy)")
-        if not 0 < self.top_p <= 1:
-            raise bad("top_p", self.top_p, "must be in (0, 1]; use 1 to switch top-p off")
-        if self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", self.repetition_penalty, "must be > 0; use 1 to switch it off")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise bad("top_k", self.top_k, "must be an integer >= 0; use 0 to switch top-k off")
-        if self.min_p is not None and (
-            isinstance(self.min_p, bool) or not isinstance(self.min_p, (int, float)) or not 0 <= self.min_p <= 1
-        ):
-            raise bad("min_p", self.min_p, "must be in [0, 1] or unset")
-        for name in ("max_new_tokens", "num_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise bad(name, value, "must be a positive integer")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise bad("seed", self.seed, "must be a non-negative integer")
-
-    @property
-    def do_sample(self) -> bool:
-        return not self.greedy and self.temperature > 0
-
-    def replace(self, **changes) -> SamplingParams:
-        return replace(self, **changes)
+__all__ = ["LogitsPipeline", "SamplingParams"]
 
 
 def _column(values: list[float], like: torch.Tensor) -> torch.Tensor:

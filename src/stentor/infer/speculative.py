@@ -277,7 +277,7 @@ def generate_with_draft(lm, draft_path: str, prompt: str, k: str | int, *, chat:
     ids = lm.encode(prompt, chat=chat, max_new_tokens=params.max_new_tokens)
     result = speculative_generate(
         lm.model, draft.model, ids, k, params=params, eos_ids=lm.eos_ids,
-        target_tokenizer=lm.tokenizer, draft_tokenizer=draft.tokenizer,
+        target_tokenizer=lm.hf_tokenizer, draft_tokenizer=draft.tokenizer,
     )
     text = lm.tokenizer.decode([t for t in result.tokens if t not in lm.eos_ids], skip_special_tokens=True)
     print((prompt if echo else "") + text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import torch
+import numpy as np
 
 from stentor.errors import StentorError
 
@@ -188,22 +188,23 @@ class Utf8Guard:
                 row.append(-1 if state is None else index[state])
             transitions.append(row)
             k += 1
-        self.next_state = torch.tensor(transitions)  # [states, vocab], -1 = banned
+        self.next_state = np.array(transitions, dtype=np.int32)  # [states, vocab], -1 = banned
         self.banned = self.next_state < 0
         self.unfinished = self.next_state > 0  # tokens that leave a character open
 
-    def mask(self, states: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def mask(self, states: np.ndarray, last: np.ndarray) -> np.ndarray:
         """[batch, V] tokens to ban; on a row's `last` token also those that leave a character open.
 
         A row where that would ban everything keeps the looser mask (or none), so sampling never
         faces an empty distribution.
         """
+        states, last = np.asarray(states), np.asarray(last, dtype=bool)
         banned = self.banned[states]
         stricter = banned | (self.unfinished[states] & last[:, None])
-        banned = torch.where(stricter.all(-1, keepdim=True), banned, stricter)
-        return banned & ~banned.all(-1, keepdim=True)
+        banned = np.where(stricter.all(-1, keepdims=True), banned, stricter)
+        return banned & ~banned.all(-1, keepdims=True)
 
-    def start(self, prompts: list[list[int]]) -> torch.Tensor:
+    def start(self, prompts: list[list[int]]) -> np.ndarray:
         """The state after each prompt (an invalid stretch in a prompt just resets the state)."""
         out = []
         for prompt in prompts:
@@ -211,7 +212,7 @@ class Utf8Guard:
             for token in prompt:
                 state = max(int(self.next_state[state, token]), 0)
             out.append(state)
-        return torch.tensor(out)
+        return np.array(out, dtype=np.int32)
 
-    def advance(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.next_state[states, tokens].clamp_(min=0)
+    def advance(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        return np.maximum(self.next_state[np.asarray(states), np.asarray(tokens)], 0)

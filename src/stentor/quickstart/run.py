@@ -166,12 +166,12 @@ def run_quickstart(cfg: QuickstartConfig) -> Path:
         lm = stentor.load(model_dir)
         # Cleaned like the training text (clean_text joins lines), so the score measures the same distribution.
         held_out_clean = [c for c in map(clean_text, held_out) if c]
-        ppl = evaluate_perplexity(lm.model, lm.tokenizer, Corpus(held_out_clean, "held-out documents"), progress=False)
+        ppl = evaluate_perplexity(lm.model, lm.hf_tokenizer, Corpus(held_out_clean, "held-out documents"), progress=False)
         blimp = None
         if cfg.blimp:
             from stentor.eval.blimp import evaluate_blimp, load_blimp
 
-            blimp = evaluate_blimp(lm.model, lm.tokenizer, load_blimp(cfg.blimp, limit=100))
+            blimp = evaluate_blimp(lm.model, lm.hf_tokenizer, load_blimp(cfg.blimp, limit=100))
         t.detail = f"held-out perplexity {ppl.perplexity:.2f}, {ppl.bits_per_byte:.3f} bits/byte"
 
     with _timed(stages, "samples") as t:

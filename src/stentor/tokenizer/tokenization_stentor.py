@@ -18,7 +18,6 @@ would read like one of our special names gets its first byte escaped, so names s
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from transformers import AddedToken, PreTrainedTokenizer
 
+from .codec import StreamingDecoder, split_segments, text_to_bytes
 from .tokenmonster import Vocab
 
 CHAT_TEMPLATE = (
@@ -75,17 +75,6 @@ def str_to_token_bytes(name: str) -> bytes:
             out += name[i].encode("utf-8")
             i += 1
     return bytes(out)
-
-
-def text_to_bytes(text: str) -> bytes:
-    """UTF-8 bytes of `text`; lone surrogates (e.g. from surrogateescape-decoded bytes) never raise."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", errors="surrogateescape")
-        except UnicodeEncodeError:
-            return text.encode("utf-8", errors="surrogatepass")
 
 
 class StentorTokenizer(PreTrainedTokenizer):
@@ -229,24 +218,8 @@ class StentorTokenizer(PreTrainedTokenizer):
     # --- decoding -----------------------------------------------------------------------------
 
     def _segments(self, ids: Iterable[int], skip_special_tokens: bool):
-        """Split ids into runs of TokenMonster ids and the text of the added tokens between them.
-
-        Yields lists of base ids and strings. Added tokens always end a run, skipped or not,
-        so decoding restarts its capcode/UTF-8 state there (a special is a document boundary).
-        Ids outside the vocabulary contribute nothing, as in TokenMonster.
-        """
-        base = self.vocab.id_table_size
-        run: list[int] = []
-        for token_id in ids:
-            token_id = int(token_id)
-            if 0 <= token_id < base:
-                run.append(token_id)
-            elif token_id in self._added_tokens_decoder:
-                yield run
-                run = []
-                token = self._added_tokens_decoder[token_id]
-                yield "" if skip_special_tokens and token.special else token.content
-        yield run
+        """Runs of TokenMonster ids and the text of the added tokens between them (see codec.split_segments)."""
+        return split_segments(ids, self.vocab.id_table_size, self._added_tokens_decoder, skip_special_tokens)
 
     def _decode_ids(self, ids: Iterable[int], skip_special_tokens: bool) -> str:
         parts = []
@@ -288,44 +261,6 @@ class StentorTokenizer(PreTrainedTokenizer):
         special_map = Path(save_directory) / "special_tokens_map.json"
         special_map.write_text(json.dumps(self.special_tokens_map, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return (*files, str(special_map))
-
-
-class StreamingDecoder:
-    """Incremental decode: `push(ids)` returns only complete characters; `flush()` the rest.
-
-    The TokenMonster streaming decoder holds back an unfinished capcode marker or UTF-8
-    sequence; a Python incremental UTF-8 decoder on top makes the text split-invariant,
-    so the concatenated output always equals `tokenizer.decode(all_ids)`.
-    """
-
-    def __init__(self, tokenizer: StentorTokenizer, skip_special_tokens: bool = True) -> None:
-        self._tokenizer = tokenizer
-        self._skip = skip_special_tokens
-        self._start_run()
-
-    def _start_run(self) -> None:
-        self._bytes = self._tokenizer.vocab.decoder()
-        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def _end_run(self) -> str:
-        text = self._text.decode(self._bytes.flush(), final=True)
-        self._start_run()
-        return text
-
-    def push(self, ids: Iterable[int]) -> str:
-        parts = []
-        segments = list(self._tokenizer._segments(ids, self._skip))
-        for k, seg in enumerate(segments):
-            if isinstance(seg, str):
-                parts.append(seg)
-            elif seg:
-                parts.append(self._text.decode(self._bytes.decode(seg)))
-            if k < len(segments) - 1 and not isinstance(seg, str):
-                parts.append(self._end_run())  # an added token follows: close the run as decode() does
-        return "".join(parts)
-
-    def flush(self) -> str:
-        return self._end_run()
 
 
 StentorTokenizer.register_for_auto_class("AutoTokenizer")

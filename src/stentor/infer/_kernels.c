@@ -1,0 +1,743 @@
+/* stentor's compiled decode runtime: the whole Llama forward pass and the sampler, in C.
+ *
+ * Why C: a 12M-parameter model does ~12M multiply-adds per token, a fraction of a millisecond of
+ * arithmetic. What costs is per-op overhead (torch issues ~150 ops per token) and the bytes of
+ * weights read per token. Here one call runs every layer of a step on a persistent pool of
+ * threads (the output rows of each matrix are split across threads, a spin barrier between
+ * stages), weights are read in place from the memory-mapped safetensors file (float32, or the
+ * int8 rows of `stentor quantize` converted to float in registers), and sampling is one more call.
+ *
+ * Loaded with ctypes (stentor/infer/native.py); no Python C API. The AVX-512 paths are chosen at
+ * run time when the CPU has them, so a build runs on any x86-64 (and elsewhere, with the portable
+ * loops, which the compiler vectorizes for the build target).
+ *
+ * Arithmetic follows Hugging Face's LlamaForCausalLM in float32: RMSNorm x * rsqrt(mean(x^2) + eps)
+ * * w, RoPE with HF's rotate_half, softmax attention with scale 1/sqrt(head_dim), SiLU MLP, tied or
+ * untied output. Sums are accumulated in a different order, so logits agree to ~1e-5, not bit-exactly.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ST_X86 1
+#include <immintrin.h>
+#define ST_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#endif
+/* The loops of the forward pass and the sampler are compiled for AVX-512, AVX2 and the baseline,
+ * and the loader picks the best the CPU has (GCC function multi-versioning, Linux). */
+#if defined(ST_X86) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define ST_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ST_HOT
+#endif
+
+#define WT_F32 0
+#define WT_I8 1
+
+typedef struct {
+    const void *w;      /* [rows, cols] row-major: float32 or int8 */
+    const float *scale; /* [rows], int8 only: w_float = w * scale[row] */
+    int32_t type, rows, cols, pad_;
+} st_mat;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;
+    st_mat q, k, v, o, gate, up, down;
+} st_layer;
+
+typedef struct {
+    int32_t n_layers, hidden, n_heads, n_kv, head_dim, inter, vocab, max_pos;
+    float eps;
+    int32_t capacity; /* KV positions per slot */
+    const st_layer *layers;
+    const float *final_norm;
+    st_mat embed, lm_head;
+    const float *cos, *sin; /* [max_pos, head_dim / 2] */
+    float *kv;              /* [slots, n_layers, 2, n_kv, capacity, head_dim] */
+} st_model;
+
+/* ------------------------------------------------------------------------------------------ */
+/* dot products                                                                                 */
+
+static float dot_f32_c(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static float dot_i8_c(const int8_t *a, const float *b, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += (float)a[i + j] * b[i + j];
+    float s = 0;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    for (; i < n; i++) s += (float)a[i] * b[i];
+    return s;
+}
+
+#ifdef ST_X86
+ST_AVX512 static float dot_f32_avx512(const float *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i))));
+        __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i + 16))));
+        s0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, a + i)));
+        s0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+/* Four consecutive rows of a matrix times one vector: x is loaded once for all four. */
+ST_AVX512 static void dot4_f32_avx512(const float *w, int cols, const float *x, float *out) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < cols; i += 16) {
+        __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + i), xv, a0);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + cols + i), xv, a1);
+        a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + 2 * (size_t)cols + i), xv, a2);
+        a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + 3 * (size_t)cols + i), xv, a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+}
+
+ST_AVX512 static inline __m512 load_i8(const int8_t *p, __mmask16 m) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
+
+ST_AVX512 static void dot4_i8_avx512(const int8_t *w, int cols, const float *x, float *out) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < cols; i += 16) {
+        __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        a0 = _mm512_fmadd_ps(load_i8(w + i, m), xv, a0);
+        a1 = _mm512_fmadd_ps(load_i8(w + cols + i, m), xv, a1);
+        a2 = _mm512_fmadd_ps(load_i8(w + 2 * (size_t)cols + i, m), xv, a2);
+        a3 = _mm512_fmadd_ps(load_i8(w + 3 * (size_t)cols + i, m), xv, a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+}
+#endif
+
+static void dot4_f32_c(const float *w, int cols, const float *x, float *out) {
+    for (int k = 0; k < 4; k++) out[k] = dot_f32_c(w + (size_t)k * cols, x, cols);
+}
+
+static void dot4_i8_c(const int8_t *w, int cols, const float *x, float *out) {
+    for (int k = 0; k < 4; k++) out[k] = dot_i8_c(w + (size_t)k * cols, x, cols);
+}
+
+static float (*dot_f32)(const float *, const float *, int) = dot_f32_c;
+static void (*dot4_f32)(const float *, int, const float *, float *) = dot4_f32_c;
+static void (*dot4_i8)(const int8_t *, int, const float *, float *) = dot4_i8_c;
+static float (*dot_i8)(const int8_t *, const float *, int) = dot_i8_c;
+
+
+/* Row `r` of a matrix times vector x. */
+static inline float mat_dot(const st_mat *m, int r, const float *x) {
+    if (m->type == WT_I8) return dot_i8((const int8_t *)m->w + (size_t)r * m->cols, x, m->cols) * m->scale[r];
+    return dot_f32((const float *)m->w + (size_t)r * m->cols, x, m->cols);
+}
+
+/* exp for float32 to ~2 ulp, branch-free so loops over it vectorize (libm's expf does not). */
+static inline float fast_expf(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest, no libm call */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { float f; int32_t i; } u;
+    u.i = ((int32_t)n + 127) << 23;
+    return p * u.f;
+}
+
+#ifdef ST_X86
+/* fast_expf on 16 lanes */
+ST_AVX512 static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+ST_AVX512 static double exp_sum_avx512(const float *s, float *p, int n, float mx) {
+    __m512 acc = _mm512_setzero_ps(), m = _mm512_set1_ps(mx), ninf = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(k, s + i);
+        __mmask16 live = _mm512_mask_cmp_ps_mask(k, v, ninf, _CMP_NEQ_OQ);
+        __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v, m)));
+        _mm512_mask_storeu_ps(p + i, k, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+ST_AVX512 static void silu_mul_avx512(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(k, g + i);
+        __m512 sig = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(sig, _mm512_maskz_loadu_ps(k, u + i)));
+    }
+}
+#endif
+
+static double exp_sum_c(const float *s, float *p, int n, float mx) {
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        p[i] = s[i] == -INFINITY ? 0.0f : fast_expf(s[i] - mx);
+        total += p[i];
+    }
+    return total;
+}
+
+static void silu_mul_c(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + fast_expf(-g[i])) * u[i];
+}
+
+/* p = exp(s - mx), 0 where s is -inf; returns the sum. */
+static double (*exp_sum)(const float *, float *, int, float) = exp_sum_c;
+/* g = silu(g) * u */
+static void (*silu_mul)(float *, const float *, int) = silu_mul_c;
+
+static void pick_kernels(void) {
+#ifdef ST_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
+        dot_f32 = dot_f32_avx512;
+        dot_i8 = dot_i8_avx512;
+        dot4_f32 = dot4_f32_avx512;
+        dot4_i8 = dot4_i8_avx512;
+        exp_sum = exp_sum_avx512;
+        silu_mul = silu_mul_avx512;
+    }
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* thread pool: one job at a time, run SPMD by every thread, with a spin barrier inside          */
+
+#define MAX_THREADS 64
+
+typedef void (*job_fn)(void *arg, int tid, int nthreads);
+
+static struct {
+    pthread_t threads[MAX_THREADS];
+    int nthreads; /* including the caller */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int seq, done, quit;
+    int seq_at_start; /* seq when the workers were created: a job posted before a new worker runs is still seen */
+    job_fn fn;
+    void *arg;
+    atomic_int bar_count, bar_sense;
+    int sense[MAX_THREADS]; /* each thread's barrier sense, kept across jobs like the shared one */
+} pool = {.nthreads = 1, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static inline void cpu_relax(void) {
+#ifdef ST_X86
+    _mm_pause();
+#endif
+}
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+/* Every thread of the job calls this with its id. After a long wait it yields, so a thread that
+ * lost its core on a busy machine gets it back. */
+static void barrier(int tid) {
+    if (pool.nthreads == 1) return;
+    int s = !pool.sense[tid];
+    pool.sense[tid] = s;
+    if (atomic_fetch_add(&pool.bar_count, 1) == pool.nthreads - 1) {
+        atomic_store(&pool.bar_count, 0);
+        atomic_store(&pool.bar_sense, s);
+    } else {
+        unsigned spins = 0;
+        while (atomic_load(&pool.bar_sense) != s)
+            if (++spins > 2000) sched_yield(); else cpu_relax();
+    }
+}
+
+#define IDLE_SPIN_NS 2e6 /* a worker spins this long for the next job before it sleeps */
+
+static void *worker_main(void *arg) {
+    int tid = (int)(intptr_t)arg;
+    int seen = pool.seq_at_start;
+    for (;;) {
+        double start = now_ns();
+        unsigned spins = 0;
+        while (atomic_load(&pool.seq) == seen && !atomic_load(&pool.quit)) {
+            cpu_relax();
+            if ((++spins & 255) == 0 && now_ns() - start > IDLE_SPIN_NS) {
+                pthread_mutex_lock(&pool.mu);
+                while (atomic_load(&pool.seq) == seen && !atomic_load(&pool.quit)) pthread_cond_wait(&pool.cv, &pool.mu);
+                pthread_mutex_unlock(&pool.mu);
+            }
+        }
+        if (atomic_load(&pool.quit)) return NULL;
+        seen = atomic_load(&pool.seq);
+        pool.fn(pool.arg, tid, pool.nthreads);
+        atomic_fetch_add(&pool.done, 1);
+    }
+}
+
+static void stop_pool(void) {
+    if (pool.nthreads <= 1) return;
+    pthread_mutex_lock(&pool.mu);
+    atomic_store(&pool.quit, 1);
+    pthread_cond_broadcast(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+    for (int t = 1; t < pool.nthreads; t++) pthread_join(pool.threads[t], NULL);
+    atomic_store(&pool.quit, 0);
+    pool.nthreads = 1;
+}
+
+/* Set the number of threads (the caller counts as one); returns the number in use. */
+int st_set_threads(int n) {
+    static int picked = 0;
+    if (!picked) { pick_kernels(); picked = 1; }
+    if (n < 1) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (n == pool.nthreads) return n;
+    stop_pool();
+    atomic_store(&pool.bar_count, 0);
+    atomic_store(&pool.bar_sense, 0);
+    memset(pool.sense, 0, sizeof(pool.sense));
+    pool.seq_at_start = atomic_load(&pool.seq);
+    pool.nthreads = 1;
+    for (int t = 1; t < n; t++) {
+        if (pthread_create(&pool.threads[t], NULL, worker_main, (void *)(intptr_t)t) != 0) break;
+        pool.nthreads = t + 1;
+    }
+    return pool.nthreads;
+}
+
+static void run_job(job_fn fn, void *arg) {
+    if (pool.nthreads == 1) { fn(arg, 0, 1); return; }
+    pool.fn = fn;
+    pool.arg = arg;
+    atomic_store(&pool.done, 0);
+    pthread_mutex_lock(&pool.mu);
+    atomic_fetch_add(&pool.seq, 1);
+    pthread_cond_broadcast(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+    fn(arg, 0, pool.nthreads);
+    unsigned spins = 0;
+    while (atomic_load(&pool.done) != pool.nthreads - 1)
+        if (++spins > 2000) sched_yield(); else cpu_relax();
+}
+
+static inline void split(int n, int tid, int nthreads, int *lo, int *hi) {
+    *lo = (int)((int64_t)n * tid / nthreads);
+    *hi = (int)((int64_t)n * (tid + 1) / nthreads);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the forward pass                                                                             */
+
+typedef struct {
+    const st_model *m;
+    int n; /* rows: one token each */
+    const int32_t *tokens, *slots, *pos;
+    int n_out;
+    const int32_t *out_rows;
+    float *logits; /* [n_out, vocab] */
+    float *x, *y, *q, *k, *v, *att, *h, *u, *scores, *xf;
+} fwd_args;
+
+ST_HOT static void rms_norm(const float *x, const float *w, float *out, int n, float eps) {
+    float ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) out[i] = (x[i] * r) * w[i];
+}
+
+/* out[r, j] (+)= mat[j] . in[r] for this thread's share of the matrix rows j. The matrix row is the
+ * outer loop, four rows at a time, so each weight is read once per step whatever the number of
+ * inputs (prefill reads the inputs from cache instead); blocks of four stay whole across threads. */
+static void matmul(const st_mat *m, const float *in, int n, float *out, int accumulate, int tid, int nt) {
+    int lo, hi, cols = m->cols;
+    split(m->rows, tid, nt, &lo, &hi);
+    lo &= ~3;
+    if (tid + 1 < nt) hi &= ~3;
+    int j = lo;
+    float v[4];
+    for (; j + 4 <= hi; j += 4)
+        for (int r = 0; r < n; r++) {
+            const float *xr = in + (size_t)r * cols;
+            float *o = out + (size_t)r * m->rows + j;
+            if (m->type == WT_I8) {
+                dot4_i8((const int8_t *)m->w + (size_t)j * cols, cols, xr, v);
+                for (int k = 0; k < 4; k++) v[k] *= m->scale[j + k];
+            } else {
+                dot4_f32((const float *)m->w + (size_t)j * cols, cols, xr, v);
+            }
+            for (int k = 0; k < 4; k++) o[k] = accumulate ? o[k] + v[k] : v[k];
+        }
+    for (; j < hi; j++)
+        for (int r = 0; r < n; r++) {
+            float *o = out + (size_t)r * m->rows + j, value = mat_dot(m, j, in + (size_t)r * cols);
+            *o = accumulate ? *o + value : value;
+        }
+}
+
+static void embed_row(const st_mat *e, int token, float *out) {
+    if (e->type == WT_I8) {
+        const int8_t *w = (const int8_t *)e->w + (size_t)token * e->cols;
+        float s = e->scale[token];
+        for (int i = 0; i < e->cols; i++) out[i] = (float)w[i] * s;
+    } else {
+        memcpy(out, (const float *)e->w + (size_t)token * e->cols, sizeof(float) * e->cols);
+    }
+}
+
+ST_HOT static void rope(float *vec, const float *cos, const float *sin, int half) {
+    for (int i = 0; i < half; i++) {
+        float a = vec[i], b = vec[i + half];
+        vec[i] = a * cos[i] - b * sin[i];
+        vec[i + half] = b * cos[i] + a * sin[i];
+    }
+}
+
+static inline float *kv_at(const st_model *m, int slot, int layer, int which, int head, int t) {
+    size_t i = ((((size_t)slot * m->n_layers + layer) * 2 + which) * m->n_kv + head);
+    return m->kv + (i * m->capacity + t) * m->head_dim;
+}
+
+ST_HOT static void forward_job(void *arg, int tid, int nt) {
+    fwd_args *f = arg;
+    const st_model *m = f->m;
+    const int n = f->n, H = m->hidden, nh = m->n_heads, nkv = m->n_kv, d = m->head_dim, I = m->inter;
+    const int qd = nh * d, kvd = nkv * d, half = d / 2, group = nh / nkv;
+    const float scale = 1.0f / sqrtf((float)d);
+    float *y = f->y + (size_t)tid * n * H;
+    float *scores = f->scores + (size_t)tid * m->capacity;
+    int lo, hi;
+
+    split(n, tid, nt, &lo, &hi);
+    for (int r = lo; r < hi; r++) embed_row(&m->embed, f->tokens[r], f->x + (size_t)r * H);
+    barrier(tid);
+
+    for (int l = 0; l < m->n_layers; l++) {
+        const st_layer *L = &m->layers[l];
+        for (int r = 0; r < n; r++) rms_norm(f->x + (size_t)r * H, L->attn_norm, y + (size_t)r * H, H, m->eps);
+        matmul(&L->q, y, n, f->q, 0, tid, nt);
+        matmul(&L->k, y, n, f->k, 0, tid, nt);
+        matmul(&L->v, y, n, f->v, 0, tid, nt);
+        barrier(tid);
+
+        /* RoPE on q and k; k and v into the cache (before any row attends to them) */
+        split(n * (nh + nkv), tid, nt, &lo, &hi);
+        for (int idx = lo; idx < hi; idx++) {
+            int r = idx / (nh + nkv), head = idx % (nh + nkv), p = f->pos[r];
+            const float *c = m->cos + (size_t)p * half, *s = m->sin + (size_t)p * half;
+            if (head < nh) {
+                rope(f->q + (size_t)r * qd + head * d, c, s, half);
+            } else {
+                int g = head - nh;
+                float *kr = f->k + (size_t)r * kvd + g * d;
+                rope(kr, c, s, half);
+                memcpy(kv_at(m, f->slots[r], l, 0, g, p), kr, sizeof(float) * d);
+                memcpy(kv_at(m, f->slots[r], l, 1, g, p), f->v + (size_t)r * kvd + g * d, sizeof(float) * d);
+            }
+        }
+        barrier(tid);
+
+        /* attention: row r at position p sees positions 0..p of its slot */
+        split(n * nh, tid, nt, &lo, &hi);
+        for (int idx = lo; idx < hi; idx++) {
+            int r = idx / nh, head = idx % nh, g = head / group, p = f->pos[r], slot = f->slots[r];
+            const float *qv = f->q + (size_t)r * qd + head * d;
+            const float *keys = kv_at(m, slot, l, 0, g, 0), *vals = kv_at(m, slot, l, 1, g, 0);
+            float mx = -INFINITY;
+            for (int t = 0; t <= p; t++) {
+                scores[t] = dot_f32(qv, keys + (size_t)t * d, d) * scale;
+                if (scores[t] > mx) mx = scores[t];
+            }
+            float sum = 0;
+            for (int t = 0; t <= p; t++) { scores[t] = fast_expf(scores[t] - mx); sum += scores[t]; }
+            float inv = 1.0f / sum, *out = f->att + (size_t)r * qd + head * d;
+            for (int i = 0; i < d; i++) out[i] = 0;
+            for (int t = 0; t <= p; t++) {
+                float w = scores[t] * inv;
+                const float *vt = vals + (size_t)t * d;
+                for (int i = 0; i < d; i++) out[i] += w * vt[i];
+            }
+        }
+        barrier(tid);
+        matmul(&L->o, f->att, n, f->x, 1, tid, nt);
+        barrier(tid);
+
+        for (int r = 0; r < n; r++) rms_norm(f->x + (size_t)r * H, L->ffn_norm, y + (size_t)r * H, H, m->eps);
+        matmul(&L->gate, y, n, f->h, 0, tid, nt);
+        matmul(&L->up, y, n, f->u, 0, tid, nt);
+        split(I, tid, nt, &lo, &hi);
+        lo &= ~3;
+        if (tid + 1 < nt) hi &= ~3;
+        for (int r = 0; r < n; r++) silu_mul(f->h + (size_t)r * I + lo, f->u + (size_t)r * I + lo, hi - lo);
+        barrier(tid);
+        matmul(&L->down, f->h, n, f->x, 1, tid, nt);
+        barrier(tid);
+    }
+
+    float *xf = f->xf + (size_t)tid * f->n_out * H;
+    for (int o = 0; o < f->n_out; o++) rms_norm(f->x + (size_t)f->out_rows[o] * H, m->final_norm, xf + (size_t)o * H, H, m->eps);
+    matmul(&m->lm_head, xf, f->n_out, f->logits, 0, tid, nt);
+}
+
+/* Scratch floats `st_forward` needs for `n` rows and `n_out` logits rows. */
+int64_t st_scratch_floats(const st_model *m, int n, int n_out) {
+    int64_t H = m->hidden, T = pool.nthreads;
+    int64_t qd = (int64_t)m->n_heads * m->head_dim, kvd = (int64_t)m->n_kv * m->head_dim;
+    return n * H + T * n * H + n * qd + 2 * n * kvd + n * qd + 2 * (int64_t)n * m->inter + T * m->capacity + T * n_out * H;
+}
+
+/* One forward step over `n` rows (token, KV slot, position each); logits of `out_rows`.
+ * Returns 0, or -1 when a position is outside the cache or a token outside the vocabulary. */
+int st_forward(const st_model *m, int n, const int32_t *tokens, const int32_t *slots, const int32_t *pos, int n_out,
+               const int32_t *out_rows, float *logits, float *scratch) {
+    for (int r = 0; r < n; r++)
+        if (pos[r] < 0 || pos[r] >= m->capacity || pos[r] >= m->max_pos || tokens[r] < 0 || tokens[r] >= m->vocab) return -1;
+    int64_t H = m->hidden, T = pool.nthreads;
+    int64_t qd = (int64_t)m->n_heads * m->head_dim, kvd = (int64_t)m->n_kv * m->head_dim;
+    fwd_args f = {.m = m, .n = n, .tokens = tokens, .slots = slots, .pos = pos, .n_out = n_out, .out_rows = out_rows, .logits = logits};
+    float *p = scratch;
+    f.x = p; p += n * H;
+    f.y = p; p += T * n * H;
+    f.q = p; p += n * qd;
+    f.k = p; p += n * kvd;
+    f.v = p; p += n * kvd;
+    f.att = p; p += n * qd;
+    f.h = p; p += (int64_t)n * m->inter;
+    f.u = p; p += (int64_t)n * m->inter;
+    f.scores = p; p += T * m->capacity;
+    f.xf = p;
+    run_job(forward_job, &f);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* sampling: Hugging Face's processors (repetition penalty, temperature, top-k, top-p, min-p)    */
+
+ST_HOT static float max_value(const float *x, int n) {
+    float lane[16];
+    for (int j = 0; j < 16; j++) lane[j] = -INFINITY;
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+    float best = -INFINITY;
+    for (int j = 0; j < 16; j++) best = lane[j] > best ? lane[j] : best;
+    for (; i < n; i++) best = x[i] > best ? x[i] : best;
+    return best;
+}
+
+/* First index of the largest value (torch.argmax's choice among equal values). */
+static int argmax(const float *x, int n) {
+    float best = max_value(x, n);
+    for (int i = 0; i < n; i++)
+        if (x[i] == best) return i;
+    return 0;
+}
+
+/* Zero p where s is -inf; returns the sum of what is left. */
+ST_HOT static double keep_sum(const float *s, float *p, int n) {
+    float lane[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) {
+            float e = s[i + j] == -INFINITY ? 0.0f : p[i + j];
+            p[i + j] = e;
+            lane[j] += e;
+        }
+    double total = 0;
+    for (int j = 0; j < 16; j++) total += lane[j];
+    for (; i < n; i++) {
+        p[i] = s[i] == -INFINITY ? 0.0f : p[i];
+        total += p[i];
+    }
+    return total;
+}
+
+/* k-th largest value of x (k >= 1) by quickselect on a copy. */
+static float kth_largest(const float *x, int n, int k, float *tmp) {
+    memcpy(tmp, x, sizeof(float) * n);
+    int lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float pivot = tmp[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (tmp[i] > pivot) i++;
+            while (tmp[j] < pivot) j--;
+            if (i <= j) { float t = tmp[i]; tmp[i] = tmp[j]; tmp[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return tmp[want];
+}
+
+/* HF top-p: in ascending order of probability, remove the tokens whose cumulative probability is
+ * <= 1 - top_p. p holds unnormalized probabilities summing to `total`. Found without a sort: a
+ * radix select on the float bits of p (positive floats order like their bits) finds the value at
+ * which the cumulative mass crosses the budget; only tokens of exactly that value are walked. */
+static void top_p_filter(float *s, const float *p, int n, float top_p, double total, int32_t *idx, int32_t *idx2) {
+    static const int shifts[3] = {21, 10, 0};
+    static const uint32_t widths[3] = {11, 11, 10};
+    double budget = (1.0 - (double)top_p) * total, below = 0;
+    int count = 0;
+    for (int i = 0; i < n; i++)
+        if (p[i] > 0) idx[count++] = i;
+    for (int pass = 0; pass < 3; pass++) {
+        double hist[2048] = {0};
+        uint32_t mask = (1u << widths[pass]) - 1, b = 0, bits;
+        for (int c = 0; c < count; c++) {
+            memcpy(&bits, &p[idx[c]], 4);
+            hist[(bits >> shifts[pass]) & mask] += p[idx[c]];
+        }
+        for (; b <= mask; b++) {
+            if (below + hist[b] > budget) break;
+            below += hist[b];
+        }
+        if (b > mask) b = mask; /* rounding left the whole mass within budget: keep the top bucket */
+        int next = 0;
+        for (int c = 0; c < count; c++) {
+            memcpy(&bits, &p[idx[c]], 4);
+            uint32_t bb = (bits >> shifts[pass]) & mask;
+            if (bb < b) s[idx[c]] = -INFINITY;
+            else if (bb == b) idx2[next++] = idx[c];
+        }
+        memcpy(idx, idx2, sizeof(int32_t) * next);
+        count = next;
+    }
+    /* the remaining tokens share one value: remove them while the cumulative stays within budget,
+     * keeping at least one (HF never removes the most likely token) */
+    for (int c = 0; c + 1 < count; c++) {
+        if (below + p[idx[c]] > budget) break;
+        below += p[idx[c]];
+        s[idx[c]] = -INFINITY;
+    }
+}
+
+typedef struct {
+    float penalty, temperature, top_p, min_p;
+    int32_t top_k, greedy;
+} st_params;
+
+/* Choose the next token of each of `n` rows. logits [n, V] (modified); seen/banned [*, V] indexed by
+ * rows[i]; params per row; u[i] uniform in [0, 1) (unused for greedy rows). seen is updated. */
+ST_HOT void st_sample(int n, int V, float *logits, const int32_t *rows, uint8_t *seen, const uint8_t *banned,
+                      const st_params *params, const double *u, int32_t *out, float *work) {
+    float *p = work, *tmp = work + V;
+    int32_t *idx = (int32_t *)(work + 2 * V), *idx2 = (int32_t *)(work + 3 * V);
+    for (int i = 0; i < n; i++) {
+        float *s = logits + (size_t)i * V;
+        const st_params *q = &params[i];
+        uint8_t *sn = seen + (size_t)rows[i] * V;
+        if (banned) {
+            const uint8_t *bn = banned + (size_t)rows[i] * V;
+            for (int t = 0; t < V; t++) s[t] = bn[t] ? -INFINITY : s[t];
+        }
+        if (q->penalty != 1.0f) {
+            float pen = q->penalty;
+            for (int t = 0; t < V; t++) {
+                float a = s[t], b = a < 0 ? a * pen : a / pen;
+                s[t] = sn[t] ? b : a;
+            }
+        }
+        int token;
+        if (q->greedy) {
+            token = argmax(s, V);
+        } else {
+            if (q->temperature != 1.0f)
+                for (int t = 0; t < V; t++) s[t] = s[t] / q->temperature;
+            if (q->top_k > 0 && q->top_k < V) {
+                float kth = kth_largest(s, V, q->top_k, tmp);
+                for (int t = 0; t < V; t++) s[t] = s[t] < kth ? -INFINITY : s[t];
+            }
+            double total = exp_sum(s, p, V, max_value(s, V));
+            if (q->top_p < 1.0f) {
+                top_p_filter(s, p, V, q->top_p, total, idx, idx2);
+                total = keep_sum(s, p, V);
+            }
+            if (q->min_p > 0.0f) {
+                int best = argmax(p, V);
+                float threshold = q->min_p * p[best];
+                for (int t = 0; t < V; t++) s[t] = p[t] < threshold && t != best ? -INFINITY : s[t];
+                total = keep_sum(s, p, V);
+            }
+            double target = u[i] * total, acc = 0;
+            token = -1;
+            for (int t = 0; t < V; t++) {
+                if (p[t] <= 0) continue;
+                acc += p[t];
+                token = t;
+                if (acc > target) break;
+            }
+            if (token < 0) token = argmax(s, V);
+        }
+        sn[token] = 1;
+        out[i] = token;
+    }
+}
+
+/* Windows' linker wants the module init symbol of an extension; nothing imports this as a module. */
+void *PyInit__kernels(void) { return NULL; }

@@ -1,0 +1,111 @@
+"""What every decode engine shares, without torch: sampling settings, the step record, the plan of a call."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+from stentor.errors import StentorError
+from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token. Defaults are the card's recommended settings.
+
+    `greedy` takes the arg-max after the repetition penalty (HF `do_sample=False`);
+    `top_k=0`, `top_p=1`, `min_p=None`, `repetition_penalty=1` switch a stage off.
+    """
+
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
+    top_k: int = 0
+    min_p: float | None = None
+    repetition_penalty: float = SAMPLING_DEFAULTS["repetition_penalty"]
+    greedy: bool = False
+    seed: int | None = None
+    num_samples: int = 1
+    max_new_tokens: int = MAX_NEW_TOKENS_DEFAULT
+    stop_at_eos: bool = True
+    suppress_replacement_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value, rule: str) -> StentorError:
+            return StentorError(f"invalid sampling setting {name}={value!r}: {rule}")
+
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(name, value, "must be a finite number")
+        if self.temperature < 0:
+            raise bad("temperature", self.temperature, "must be >= 0 (0 means greedy)")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", self.top_p, "must be in (0, 1]; use 1 to switch top-p off")
+        if self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", self.repetition_penalty, "must be > 0; use 1 to switch it off")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad("top_k", self.top_k, "must be an integer >= 0; use 0 to switch top-k off")
+        if self.min_p is not None and (
+            isinstance(self.min_p, bool) or not isinstance(self.min_p, (int, float)) or not 0 <= self.min_p <= 1
+        ):
+            raise bad("min_p", self.min_p, "must be in [0, 1] or unset")
+        for name in ("max_new_tokens", "num_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise bad(name, value, "must be a positive integer")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise bad("seed", self.seed, "must be a non-negative integer")
+
+    @property
+    def do_sample(self) -> bool:
+        return not self.greedy and self.temperature > 0
+
+    def replace(self, **changes) -> SamplingParams:
+        return replace(self, **changes)
+
+
+
+@dataclass
+class Step:
+    """One decode step: the new token of every row and which rows are finished (EOS or length)."""
+
+    tokens: list[int]
+    finished: list[bool]
+
+
+def plan_rows(
+    prompts: list[list[int]], params: SamplingParams | list[SamplingParams], context: int
+) -> tuple[list[SamplingParams], list[int]]:
+    """Per-row settings and new-token budgets for a `generate` call, or a StentorError.
+
+    Prompts must already fit the context (see `fit_prompt`); a row's budget is its
+    max_new_tokens, cut at the end of the context.
+    """
+    rows = params if isinstance(params, list) else [params] * len(prompts)
+    if len(rows) != len(prompts) or not prompts:
+        raise StentorError("generate needs at least one prompt and one SamplingParams per prompt")
+    if any(not p for p in prompts):
+        raise StentorError("empty prompt: give at least one token (e.g. the BOS token)")
+    width = max(len(p) for p in prompts)
+    if width > context:
+        raise StentorError(f"sequence of {width} tokens exceeds the model's context of {context}; shorten the input")
+    budget = [min(p.max_new_tokens, context - len(prompt)) for p, prompt in zip(rows, prompts)]
+    if min(budget) <= 0:
+        raise StentorError(f"a prompt fills the whole {context}-token context; shorten it")
+    return rows, budget
+
+
+def fit_prompt(prompt: list[int], max_new_tokens: int, context: int) -> list[int]:
+    """Keep the last tokens of a prompt that does not fit the context, with a warning.
+
+    A prompt of at least the context length keeps its last `context - room` tokens, where
+    room = min(max_new_tokens, context // 2) is left for the answer.
+    """
+    if len(prompt) < context:
+        return prompt
+    keep = context - min(max_new_tokens, context // 2)
+    logging.getLogger(__name__).warning(
+        "prompt of %d tokens does not fit the %d-token context; keeping its last %d tokens", len(prompt), context, keep
+    )
+    return prompt[-keep:]

@@ -1,0 +1,405 @@
+"""The compiled decode runtime (`_kernels.c`) behind `stentor.load`, `generate`, `serve`: no torch needed.
+
+A `NativeEngine` holds NumPy views of the weights (mapped from safetensors, or shared with an
+in-memory HF model) and calls C twice per token: one forward step for every row of the batch
+(each row has its own KV slot and position, so the server's rows need not line up), then the
+sampler. It supports Llama-shaped models (MHA or GQA, SiLU, no biases, default RoPE) with float
+weights or `stentor quantize --method int8` weights; anything else raises `Unsupported`, and the
+caller falls back to the torch engine with a one-line notice naming the reason.
+
+Sampling is Hugging Face's arithmetic (see `_kernels.c`), drawn from NumPy's PCG64 generator:
+greedy output equals HF and the torch engine token for token; seeded sampled output is
+reproducible run to run but is a different random stream from torch's (docs/inference.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from stentor.errors import StentorError
+from stentor.infer.decoding import SamplingParams, Step, fit_prompt, plan_rows
+
+
+class Unsupported(StentorError):
+    """This model or machine cannot run on the compiled runtime (the message says why)."""
+
+
+# -- the library ----------------------------------------------------------------------------------
+
+
+class _Mat(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("type", ctypes.c_int32),
+                ("rows", ctypes.c_int32), ("cols", ctypes.c_int32), ("pad_", ctypes.c_int32)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p)] + [
+        (name, _Mat) for name in ("q", "k", "v", "o", "gate", "up", "down")
+    ]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in
+                ("n_layers", "hidden", "n_heads", "n_kv", "head_dim", "inter", "vocab", "max_pos")] + [
+        ("eps", ctypes.c_float), ("capacity", ctypes.c_int32), ("layers", ctypes.c_void_p),
+        ("final_norm", ctypes.c_void_p), ("embed", _Mat), ("lm_head", _Mat),
+        ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p), ("kv", ctypes.c_void_p)]
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [("penalty", ctypes.c_float), ("temperature", ctypes.c_float), ("top_p", ctypes.c_float),
+                ("min_p", ctypes.c_float), ("top_k", ctypes.c_int32), ("greedy", ctypes.c_int32)]
+
+
+_LIB: ctypes.CDLL | None = None
+_LIB_ERROR: str | None = None
+
+
+def library() -> ctypes.CDLL:
+    """The compiled runtime, loaded once; `Unsupported` when this install has none."""
+    global _LIB, _LIB_ERROR
+    if _LIB is not None:
+        return _LIB
+    if _LIB_ERROR is None:
+        spec = importlib.util.find_spec("stentor.infer._kernels")
+        if spec is None or not spec.origin:
+            _LIB_ERROR = "stentor was installed without its compiled runtime (no C compiler at install time)"
+        else:
+            try:
+                lib = ctypes.CDLL(spec.origin)
+            except OSError as exc:
+                _LIB_ERROR = f"the compiled runtime does not load here ({exc})"
+            else:
+                p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+                lib.st_set_threads.argtypes, lib.st_set_threads.restype = [i32], i32
+                lib.st_scratch_floats.argtypes, lib.st_scratch_floats.restype = [p, i32, i32], i64
+                lib.st_forward.argtypes, lib.st_forward.restype = [p, i32, p, p, p, i32, p, p, p], i32
+                lib.st_sample.argtypes, lib.st_sample.restype = [i32, i32, p, p, p, p, p, p, p, p], None
+                _LIB = lib
+                return lib
+    raise Unsupported(_LIB_ERROR)
+
+
+def default_threads() -> int:
+    """Cores this process may use, at most 8 (a 12M model gains nothing beyond)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _ptr(array: np.ndarray | None) -> int | None:
+    return None if array is None else array.ctypes.data
+
+
+# -- weights --------------------------------------------------------------------------------------
+
+
+def check_config(config: dict) -> None:
+    """`Unsupported` unless the runtime computes exactly what HF computes for this config."""
+    kind = config.get("model_type")
+    if kind not in ("llama", "mistral"):
+        raise Unsupported(f"the compiled runtime runs Llama-shaped models, not {kind!r}")
+    if config.get("hidden_act", "silu") != "silu":
+        raise Unsupported(f"activation {config.get('hidden_act')!r} (the compiled runtime has SiLU)")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise Unsupported("the model's layers have biases")
+    if config.get("sliding_window"):
+        raise Unsupported("sliding-window attention")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise Unsupported(f"RoPE type {rope.get('rope_type', rope.get('type'))!r} (the runtime has default RoPE)")
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    if heads % kv or head_dim % 2:
+        raise Unsupported(f"{heads} heads over {kv} KV heads of width {head_dim}")
+    quant = config.get("quantization_config")
+    if quant and (quant.get("quant_method") != "stentor" or quant.get("method") != "int8"):
+        raise Unsupported(f"quantization {quant.get('method', quant.get('quant_method'))!r} (the runtime runs int8)")
+
+
+def _float32(array: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "BF16":  # bfloat16 is the top half of a float32
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class Weights:
+    """NumPy arrays in the runtime's terms: float32 matrices, or int8 rows with float32 scales."""
+
+    def __init__(self, config: dict, tensors: dict[str, np.ndarray], kinds: dict[str, str] | None = None,
+                 generation: dict | None = None):
+        check_config(config)
+        self.config = config
+        self.generation = generation or {}  # generation_config.json: where the EOS ids may be
+        kinds = kinds or {}
+        self._keep: list[np.ndarray] = []
+        self.hidden = config["hidden_size"]
+        self.heads = config["num_attention_heads"]
+        self.kv_heads = config.get("num_key_value_heads") or self.heads
+        self.head_dim = config.get("head_dim") or self.hidden // self.heads
+        self.inter = config["intermediate_size"]
+        self.layers = config["num_hidden_layers"]
+        self.vocab = config["vocab_size"]
+        self.max_positions = config.get("max_position_embeddings", 2048)
+        self.eps = float(config.get("rms_norm_eps", 1e-6))
+
+        def vector(name: str, size: int) -> np.ndarray:
+            if name not in tensors:
+                raise StentorError(f"the weights lack {name}; the model directory is incomplete")
+            array = _float32(tensors[name], kinds.get(name, "F32"))
+            if array.shape != (size,):
+                raise StentorError(f"{name} has shape {array.shape}, expected ({size},)")
+            return self._hold(array)
+
+        def matrix(prefix: str, rows: int, cols: int) -> _Mat:
+            if prefix + ".qweight" in tensors:
+                q, scale = tensors[prefix + ".qweight"], tensors.get(prefix + ".scales")
+                if q.dtype != np.int8 or scale is None or q.shape != (rows, cols) or scale.shape != (rows,):
+                    raise StentorError(f"{prefix} is not an int8 [{rows}, {cols}] matrix with {rows} scales")
+                return _Mat(_ptr(self._hold(np.ascontiguousarray(q))),
+                            _ptr(self._hold(np.ascontiguousarray(scale, dtype=np.float32))), 1, rows, cols, 0)
+            if prefix + ".weight" not in tensors:
+                raise StentorError(f"the weights lack {prefix}.weight; the model directory is incomplete")
+            w = _float32(tensors[prefix + ".weight"], kinds.get(prefix + ".weight", "F32"))
+            if w.shape != (rows, cols):
+                raise StentorError(f"{prefix}.weight has shape {w.shape}, expected ({rows}, {cols})")
+            return _Mat(_ptr(self._hold(w)), None, 0, rows, cols, 0)
+
+        H, qd, kvd = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        layers = (_Layer * self.layers)()
+        for i in range(self.layers):
+            pre = f"model.layers.{i}."
+            layers[i] = _Layer(
+                _ptr(vector(pre + "input_layernorm.weight", H)), _ptr(vector(pre + "post_attention_layernorm.weight", H)),
+                matrix(pre + "self_attn.q_proj", qd, H), matrix(pre + "self_attn.k_proj", kvd, H),
+                matrix(pre + "self_attn.v_proj", kvd, H), matrix(pre + "self_attn.o_proj", H, qd),
+                matrix(pre + "mlp.gate_proj", self.inter, H), matrix(pre + "mlp.up_proj", self.inter, H),
+                matrix(pre + "mlp.down_proj", H, self.inter),
+            )
+        self.layer_table = layers
+        has_head = "lm_head.weight" in tensors or "lm_head.qweight" in tensors
+        has_embed = "model.embed_tokens.weight" in tensors or "model.embed_tokens.qweight" in tensors
+        head = "lm_head" if has_head else "model.embed_tokens"
+        embed = "model.embed_tokens" if has_embed else "lm_head"
+        self.lm_head = matrix(head, self.vocab, H)
+        self.embed = matrix(embed, self.vocab, H)
+        self.final_norm = vector("model.norm.weight", H)
+        theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
+        self.cos, self.sin = self._rope(float(theta))
+        self.int8 = self.lm_head.type == 1 or layers[0].q.type == 1
+
+    def _hold(self, array: np.ndarray) -> np.ndarray:
+        self._keep.append(array)
+        return array
+
+    def _rope(self, theta: float) -> tuple[np.ndarray, np.ndarray]:
+        """HF's default RoPE tables in float32: inv_freq = theta^(-2i/d), angle = position * inv_freq."""
+        d = self.head_dim
+        inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))).astype(np.float32)
+        angles = np.arange(self.max_positions, dtype=np.float32)[:, None] * inv_freq[None, :]
+        return self._hold(np.cos(angles).astype(np.float32)), self._hold(np.sin(angles).astype(np.float32))
+
+    @classmethod
+    def from_dir(cls, model_dir: str | os.PathLike) -> Weights:
+        """Map a model directory's safetensors (float or `stentor quantize` int8) without copying float32."""
+        from stentor.model.tensors import map_model_tensors
+
+        model_dir = Path(model_dir)
+        try:
+            config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StentorError(f"cannot read {model_dir / 'config.json'}: {exc}") from None
+        check_config(config)
+        tensors, kinds = map_model_tensors(model_dir)
+        try:
+            generation = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            generation = {}
+        return cls(config, tensors, kinds, generation if isinstance(generation, dict) else {})
+
+    @classmethod
+    def from_model(cls, model) -> Weights:
+        """Share an in-memory HF `LlamaForCausalLM`'s float32 weights (or its stentor int8 modules)."""
+        config = model.config.to_dict()
+        quant = getattr(model, "stentor_quantization", None)
+        if quant is not None:
+            config["quantization_config"] = quant.to_dict()
+        check_config(config)
+        tensors = {}
+        for name, tensor in model.state_dict().items():
+            tensor = tensor.detach()
+            if tensor.is_floating_point():
+                tensor = tensor.float()
+            tensors[name] = tensor.contiguous().numpy()
+        if quant is not None:  # the float table is the dequantized int8 rows; lm_head's own int8 is the source
+            tensors.pop("model.embed_tokens.weight", None)
+        generation = getattr(model, "generation_config", None)
+        return cls(config, tensors, generation=generation.to_dict() if generation is not None else None)
+
+
+# -- the engine -----------------------------------------------------------------------------------
+
+
+class NativeEngine:
+    """Prefill + decode on the compiled runtime; the same `generate` contract as the torch `Engine`.
+
+    Not thread-safe (the server gives it one scheduler thread); the thread pool is process-wide.
+    """
+
+    def __init__(self, weights: Weights, threads: int | None = None):
+        self.lib = library()
+        self.weights = weights
+        self.threads = self.lib.st_set_threads(threads or default_threads())
+        self.vocab_size = weights.vocab
+        self.max_positions = weights.max_positions
+        w = weights
+        self._model = _Model(w.layers, w.hidden, w.heads, w.kv_heads, w.head_dim, w.inter, w.vocab, w.max_positions,
+                             w.eps, 0, ctypes.addressof(w.layer_table), _ptr(w.final_norm), w.embed, w.lm_head,
+                             _ptr(w.cos), _ptr(w.sin), None)
+        self._kv = np.empty(0, dtype=np.float32)
+        self._scratch = np.empty(0, dtype=np.float32)
+        self._work = np.empty(4 * w.vocab, dtype=np.float32)
+
+    def _ensure_cache(self, slots: int, capacity: int) -> None:
+        w = self.weights
+        if self._model.capacity < capacity or self._kv.size < slots * w.layers * 2 * w.kv_heads * capacity * w.head_dim:
+            capacity = max(capacity, self._model.capacity)
+            self._kv = np.empty(slots * w.layers * 2 * w.kv_heads * capacity * w.head_dim, dtype=np.float32)
+            self._model.kv, self._model.capacity = _ptr(self._kv), capacity
+
+    def forward(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, out_rows: np.ndarray) -> np.ndarray:
+        """Run one token per row (KV slot, position each); logits [len(out_rows), V] of the chosen rows."""
+        tokens, slots, positions, out_rows = (np.ascontiguousarray(a, dtype=np.int32) for a in (tokens, slots, positions, out_rows))
+        n, n_out = len(tokens), len(out_rows)
+        need = self.lib.st_scratch_floats(ctypes.byref(self._model), n, n_out)
+        if self._scratch.size < need:
+            self._scratch = np.empty(need, dtype=np.float32)
+        logits = np.empty((n_out, self.vocab_size), dtype=np.float32)
+        status = self.lib.st_forward(ctypes.byref(self._model), n, _ptr(tokens), _ptr(slots), _ptr(positions), n_out,
+                                     _ptr(out_rows), _ptr(logits), _ptr(self._scratch))
+        if status:
+            raise StentorError(f"a token id outside [0, {self.vocab_size}) or a position outside the context")
+        return logits
+
+    def logits(self, sequences: list[list[int]] | np.ndarray) -> np.ndarray:
+        """Logits [B, T, V] of every position of equal-length sequences (what HF's forward returns)."""
+        ids = np.asarray(sequences, dtype=np.int64)
+        batch, steps = ids.shape
+        if steps > self.max_positions:
+            raise StentorError(f"sequence of {steps} tokens exceeds the model's context of {self.max_positions}")
+        if ids.min(initial=0) < 0 or ids.max(initial=0) >= self.vocab_size:
+            raise StentorError(f"token ids must be in [0, {self.vocab_size})")
+        self._ensure_cache(batch, steps)
+        rows = np.arange(batch * steps)
+        out = self.forward(ids.reshape(-1), rows // steps, rows % steps, rows)
+        return out.reshape(batch, steps, -1)
+
+    def _sample(self, logits: np.ndarray, rows: np.ndarray, seen: np.ndarray, banned: np.ndarray | None,
+                params, u: np.ndarray) -> np.ndarray:
+        chosen = np.empty(len(rows), dtype=np.int32)
+        self.lib.st_sample(len(rows), self.vocab_size, _ptr(logits), _ptr(rows), _ptr(seen), _ptr(banned),
+                           ctypes.addressof(params), _ptr(np.ascontiguousarray(u, dtype=np.float64)), _ptr(chosen),
+                           _ptr(self._work))
+        return chosen
+
+    def sample(self, logits: np.ndarray, params: list[SamplingParams], seen: np.ndarray, u: np.ndarray,
+               banned: np.ndarray | None = None) -> np.ndarray:
+        """The sampler alone: next tokens for logits [n, V] with `seen` [n, V] (updated), u [n] uniform draws."""
+        logits = np.array(logits, dtype=np.float32, order="C")
+        if seen.dtype != np.uint8 or not seen.flags.c_contiguous or seen.shape != logits.shape:
+            raise StentorError("seen must be a C-contiguous uint8 array shaped like the logits")
+        if banned is not None:
+            banned = np.ascontiguousarray(banned, dtype=np.uint8)
+        rows = np.arange(len(logits), dtype=np.int32)
+        return self._sample(logits, rows, seen, banned, _param_table(params), u)
+
+    def fit_prompt(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        return fit_prompt(prompt, max_new_tokens, self.max_positions)
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        eos_ids: set[int] | frozenset[int] = frozenset(),
+        pad_id: int = 0,
+        guard=None,
+    ) -> Iterator[Step]:
+        """Decode every prompt (one row each) and yield a `Step` per new token position (see `Engine.generate`).
+
+        Finished rows leave the batch: later steps report `pad_id` for them.
+        """
+        rows, budget = plan_rows(prompts, params, self.max_positions)
+        batch, V = len(prompts), self.vocab_size
+        if any(not 0 <= t < V for p in prompts for t in p):
+            raise StentorError(f"prompt token ids must be in [0, {V})")
+        self._ensure_cache(batch, max(len(p) + b for p, b in zip(prompts, budget)))
+        lengths = np.array([len(p) for p in prompts])
+        flat = np.concatenate([np.asarray(p, dtype=np.int32) for p in prompts])
+        slots = np.repeat(np.arange(batch, dtype=np.int32), lengths)
+        positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+        logits = self.forward(flat, slots, positions, np.cumsum(lengths) - 1)
+
+        table = _param_table(rows)
+        seen = np.zeros((batch, V), dtype=np.uint8)
+        for i, prompt in enumerate(prompts):
+            seen[i, prompt] = 1
+        guarded = np.array([p.suppress_replacement_tokens for p in rows])
+        states = guard.start(prompts) if guard is not None and guarded.any() else None
+        draw = _uniforms(rows)
+
+        active = np.arange(batch, dtype=np.int32)
+        count = np.zeros(batch, dtype=np.int64)
+        finished = [False] * batch
+        tokens_out = np.full(batch, pad_id, dtype=np.int32)
+        while True:
+            banned = None
+            if states is not None:
+                last = count + 1 >= np.array(budget)
+                banned = np.ascontiguousarray((guard.mask(states, last) & guarded[:, None]).astype(np.uint8))
+            params_active = table if len(active) == batch else (_Params * len(active))(*[table[i] for i in active])
+            chosen = self._sample(logits, active, seen, banned, params_active, draw(active))
+            tokens_out[active] = chosen
+            if states is not None:
+                states[active] = guard.advance(states[active], chosen)
+            for i, token in zip(active.tolist(), chosen.tolist()):
+                count[i] += 1
+                if (rows[i].stop_at_eos and token in eos_ids) or count[i] >= budget[i]:
+                    finished[i] = True
+            yield Step(tokens_out.tolist(), list(finished))
+            if all(finished):
+                return
+            keep = np.array([not finished[i] for i in active])
+            active, chosen = active[keep], chosen[keep]
+            tokens_out[:] = pad_id
+            logits = self.forward(chosen, active, lengths[active] + count[active] - 1, np.arange(len(active)))
+
+
+def _param_table(rows: list[SamplingParams]):
+    """The sampler's per-row settings; greedy rows take the arg-max after the repetition penalty."""
+    return (_Params * len(rows))(*[
+        _Params(p.repetition_penalty, p.temperature if p.do_sample else 1.0, p.top_p if p.do_sample else 1.0,
+                (p.min_p or 0.0) if p.do_sample else 0.0, p.top_k if p.do_sample else 0, int(not p.do_sample))
+        for p in rows])
+
+
+def _uniforms(rows: list[SamplingParams]):
+    """A function giving one uniform draw per active row: one stream per distinct seed, as the torch engine.
+
+    With one seed (or none) for the whole batch, one generator draws for every active row in
+    order, so `num_samples` rows with one seed still differ from each other.
+    """
+    seeds = [p.seed for p in rows]
+    if len(set(seeds)) == 1:
+        shared = np.random.Generator(np.random.PCG64(seeds[0]))
+        return lambda active: shared.random(len(active))
+    streams = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
+    return lambda active: np.array([streams[i].random() for i in active.tolist()])

@@ -1,0 +1,169 @@
+"""Text <-> ids for a saved StentorTokenizer without transformers: what the lean inference path uses.
+
+Self-contained like `tokenization_stentor.py` (it imports only `.tokenmonster` and the standard
+library), which imports its decoding pieces from here, so both give the same ids and text.
+`TextCodec.from_dir` reads the ids of the special tokens from `tokenizer_config.json`
+(`added_tokens_decoder`) rather than assuming an order.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from .tokenmonster import Vocab
+
+
+class Special(NamedTuple):
+    content: str
+    special: bool = True
+
+
+def split_segments(ids: Iterable[int], base: int, added: dict, skip_special_tokens: bool) -> Iterator[list[int] | str]:
+    """Runs of TokenMonster ids, and the text of the added tokens between them (`added`: id -> .content/.special).
+
+    Added tokens always end a run, skipped or not, so decoding restarts its capcode/UTF-8 state
+    there (a special is a document boundary). Ids outside the vocabulary contribute nothing.
+    """
+    run: list[int] = []
+    for token_id in ids:
+        token_id = int(token_id)
+        if 0 <= token_id < base:
+            run.append(token_id)
+        elif token_id in added:
+            yield run
+            run = []
+            token = added[token_id]
+            yield "" if skip_special_tokens and token.special else token.content
+    yield run
+
+
+class StreamingDecoder:
+    """Incremental decode: `push(ids)` returns only complete characters; `flush()` the rest.
+
+    `tokenizer` has `.vocab` and `._segments(ids, skip)`. The TokenMonster streaming decoder holds
+    back an unfinished capcode marker or UTF-8 sequence; a Python incremental UTF-8 decoder on top
+    makes the text split-invariant, so the concatenated output always equals `decode(all_ids)`.
+    """
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip = skip_special_tokens
+        self._start_run()
+
+    def _start_run(self) -> None:
+        self._bytes = self._tokenizer.vocab.decoder()
+        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def _end_run(self) -> str:
+        text = self._text.decode(self._bytes.flush(), final=True)
+        self._start_run()
+        return text
+
+    def push(self, ids: Iterable[int]) -> str:
+        parts = []
+        segments = list(self._tokenizer._segments(ids, self._skip))
+        for k, seg in enumerate(segments):
+            if isinstance(seg, str):
+                parts.append(seg)
+            elif seg:
+                parts.append(self._text.decode(self._bytes.decode(seg)))
+            if k < len(segments) - 1 and not isinstance(seg, str):
+                parts.append(self._end_run())  # an added token follows: close the run as decode() does
+        return "".join(parts)
+
+    def flush(self) -> str:
+        return self._end_run()
+
+
+def text_to_bytes(text: str) -> bytes:
+    """UTF-8 bytes of `text`; lone surrogates (e.g. from surrogateescape-decoded bytes) never raise."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", errors="surrogatepass")
+
+
+class TextCodec:
+    """Encode and decode like the directory's StentorTokenizer: specials in text become their ids."""
+
+    def __init__(self, vocab: Vocab, added: dict[int, Special], *, bos: str | None, eos: str | None,
+                 pad: str | None, add_bos: bool = True, add_eos: bool = False, chat_template: str | None = None):
+        self.vocab = vocab
+        self.added = added
+        ids = {token.content: i for i, token in added.items()}
+        self.bos_token_id, self.eos_token_id = ids.get(bos or ""), ids.get(eos or "")
+        self.pad_token_id = ids.get(pad or "")
+        self.add_bos, self.add_eos = add_bos, add_eos
+        self.chat_template = chat_template
+        self.all_special_ids = sorted(i for i, token in added.items() if token.special)
+        self._ids = ids
+        names = sorted(ids, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(re.escape(n) for n in names) + ")") if names else None
+        self._template = None
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike, vocab: Vocab | None = None) -> TextCodec:
+        """The codec of a directory written by StentorTokenizer.save_pretrained (ValueError otherwise)."""
+        path = Path(path)
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        if config.get("tokenizer_class") != "StentorTokenizer":
+            raise ValueError(f"{path} does not hold a StentorTokenizer")
+        added = {int(i): Special(t["content"], bool(t.get("special", True)))
+                 for i, t in (config.get("added_tokens_decoder") or {}).items()}
+        template = config.get("chat_template")
+        if template is None and (path / "chat_template.jinja").is_file():
+            template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+
+        def name(key: str) -> str | None:
+            value = config.get(key)
+            return value.get("content") if isinstance(value, dict) else value
+
+        return cls(vocab if vocab is not None else Vocab.load(path / "tokenizer.vocab"), added,
+                   bos=name("bos_token"), eos=name("eos_token"), pad=name("pad_token"),
+                   add_bos=bool(config.get("add_bos_token", True)), add_eos=bool(config.get("add_eos_token", False)),
+                   chat_template=template)
+
+    def _segments(self, ids: Iterable[int], skip_special_tokens: bool):
+        return split_segments(ids, self.vocab.id_table_size, self.added, skip_special_tokens)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        out: list[int] = [self.bos_token_id] if add_special_tokens and self.add_bos and self.bos_token_id is not None else []
+        for k, part in enumerate(self._split.split(text) if self._split else [text]):
+            if k % 2:
+                out.append(self._ids[part])
+            elif part:
+                out.extend(self.vocab.encode(text_to_bytes(part)))
+        if add_special_tokens and self.add_eos and self.eos_token_id is not None:
+            out.append(self.eos_token_id)
+        return out
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        parts = []
+        for seg in self._segments(ids, skip_special_tokens):
+            parts.append(seg if isinstance(seg, str) else self.vocab.decode(seg).decode("utf-8", errors="replace"))
+        return "".join(parts)
+
+    def streaming_decoder(self, skip_special_tokens: bool = True) -> StreamingDecoder:
+        return StreamingDecoder(self, skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, tokenize: bool = False):
+        """The chat template rendered as transformers renders it (sandboxed jinja2, trimmed blocks)."""
+        if self._template is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            self._template = env.from_string(self.chat_template)
+        text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt)
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": self.encode(text, add_special_tokens)}

@@ -1,0 +1,211 @@
+"""The compiled runtime against the real HF model and the HF warpers; the lean load path in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import stentor
+from stentor.errors import StentorError
+from stentor.infer.decoding import SamplingParams
+from stentor.infer.native import NativeEngine, Weights
+from stentor.infer.sampling import LogitsPipeline
+from stentor.model.build import build_model
+from stentor.model.presets import get_preset
+
+WORDS = ["the", "and", "ing", "Hello", "world", "history", "of", "computing", "school", "once", "upon", "time"]
+
+
+@pytest.fixture(scope="module", params=["stentor2-tiny", "stentor2-tiny-gqa"])
+def pair(request):
+    model = build_model(get_preset(request.param), seed=0).eval()
+    return model, NativeEngine(Weights.from_model(model), threads=2)
+
+
+def decode(engine, prompts, params, **kwargs) -> list[list[int]]:
+    rows: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for step in engine.generate(prompts, params, **kwargs):
+        for i, token in enumerate(step.tokens):
+            if not done[i]:
+                rows[i].append(token)
+            done[i] = step.finished[i]
+    return rows
+
+
+def test_logits_match_hf(pair):
+    model, engine = pair
+    ids = torch.randint(0, 8000, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(ids).logits.numpy()
+    assert np.abs(engine.logits(ids.numpy()) - reference).max() <= 1e-4
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.2])
+def test_greedy_tokens_equal_hf_generate(pair, penalty):
+    model, engine = pair
+    prompt = torch.randint(0, 8000, (17,), generator=torch.Generator().manual_seed(2)).tolist()
+    with torch.inference_mode():
+        expected = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 17, dtype=torch.long),
+                                  do_sample=False, repetition_penalty=penalty, max_new_tokens=40,
+                                  eos_token_id=None, pad_token_id=0)[0, 17:].tolist()
+    params = SamplingParams(greedy=True, repetition_penalty=penalty, max_new_tokens=40, stop_at_eos=False)
+    assert decode(engine, [prompt], params) == [expected]
+
+
+def test_rows_at_different_positions_equal_single_runs(pair):
+    _, engine = pair
+    prompts = [list(range(5, 30)), [7, 8, 9], list(range(1000, 1012))]
+    rows = [SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False),
+            SamplingParams(greedy=True, max_new_tokens=9, stop_at_eos=False),
+            SamplingParams(seed=5, max_new_tokens=20, stop_at_eos=False, top_k=5)]
+    batched = decode(engine, prompts, rows)
+    assert [len(r) for r in batched] == [30, 9, 20]
+    assert batched[:2] == [decode(engine, [p], r)[0] for p, r in zip(prompts[:2], rows[:2])]
+
+
+def test_seeded_sampling_is_reproducible_and_samples_differ(pair):
+    _, engine = pair
+    params = SamplingParams(seed=3, max_new_tokens=16, stop_at_eos=False)
+    first = decode(engine, [list(range(300, 310))] * 3, params)
+    assert first == decode(engine, [list(range(300, 310))] * 3, params)
+    assert len({tuple(row) for row in first}) > 1
+
+
+def test_stops_at_eos_and_finished_rows_leave(pair):
+    _, engine = pair
+    prompt = list(range(200, 210))
+    free = decode(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False))[0]
+    eos = free[6]
+    steps = list(engine.generate([prompt, prompt[:4]], SamplingParams(greedy=True, max_new_tokens=30),
+                                 eos_ids={eos}, pad_id=-1))
+    first = [s.tokens[0] for s in steps]
+    assert first[: free.index(eos) + 1] == free[: free.index(eos) + 1]
+    assert all(s.tokens[0] == -1 for s in steps[free.index(eos) + 1 :])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the card's: temperature 0.8, top-p 0.7, repetition penalty 1.2
+        {"temperature": 1.3, "top_k": 20, "min_p": 0.05},
+        {"temperature": 0.5, "top_p": 0.9, "repetition_penalty": 1.0},
+    ],
+)
+def test_sampler_draws_the_hf_distribution(settings):
+    """Sweeping the uniform draw over [0, 1) must reproduce HF's warped probabilities token by token."""
+    model = build_model(get_preset("stentor2-tiny"), seed=0)
+    engine = NativeEngine(Weights.from_model(model), threads=1)
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(1, engine.vocab_size, generator=generator) * 3
+    seen = torch.zeros(1, engine.vocab_size, dtype=torch.bool)
+    seen[0, :50] = True
+    params = SamplingParams(**settings)
+    pipeline = LogitsPipeline([params], engine.vocab_size)
+    expected = pipeline.warp(pipeline.penalize(logits, seen)).softmax(-1)[0].numpy()
+    draws = 4000
+    counts = np.zeros(engine.vocab_size)
+    for k in range(draws):
+        mask = seen.numpy().astype(np.uint8)
+        token = engine.sample(logits.numpy(), [params], mask, np.array([(k + 0.5) / draws]))[0]
+        counts[token] += 1
+        assert mask[0, token] == 1  # the sampler marks the token seen
+    assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(expected))
+    assert np.abs(counts / draws - expected).max() <= 2 / draws
+
+
+def test_unsupported_models_fall_back_to_the_torch_engine(caplog):
+    cfg = get_preset("stentor2-tiny")
+    model = build_model(cfg, seed=0)
+    model.config.hidden_act = "gelu"
+    with caplog.at_level(logging.WARNING):
+        lm = stentor.infer.Stentor(model, _tokenizer_stub())
+    assert lm.backend == "Engine" and "activation 'gelu'" in caplog.text
+
+
+def _tokenizer_stub():
+    from stentor.tokenizer.hf import StentorTokenizer
+
+    return StentorTokenizer.from_vocab(_vocab())
+
+
+def _vocab():
+    from stentor.tokenizer.tokenmonster import build_vocab_from_yaml
+
+    lines = ["charset: utf-8", "capcode: 1", "normalization: nfd", "include-256-bytes: true", "tokens:"]
+    for w in WORDS:
+        lines += [f'  - token: "{w}"', f'  - token: " {w}"']
+    return build_vocab_from_yaml("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def stentor_dir(tmp_path_factory):
+    """A tiny model saved with a real StentorTokenizer (a small TokenMonster vocabulary built here)."""
+    from stentor.model.build import save_model_dir
+
+    tokenizer = _tokenizer_stub()
+    cfg = get_preset("stentor2-tiny").replace(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                                              bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("native") / "model"
+    return save_model_dir(build_model(cfg, seed=0), cfg, out, tokenizer=tokenizer)
+
+
+def test_lean_load_needs_no_torch_and_gives_the_torch_engines_text(stentor_dir):
+    script = (
+        "import json, sys, stentor\n"
+        f"lm = stentor.load({str(stentor_dir)!r})\n"
+        "text = lm.generate('Hello world, once upon a time', greedy=True, max_new_tokens=24)\n"
+        "chat = lm.encode('hello', chat=True)\n"
+        "stream = ''.join(lm.stream('the history of', seed=1, max_new_tokens=24))\n"
+        "again = lm.generate('the history of', seed=1, max_new_tokens=24)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'numba') if m in sys.modules]\n"
+        "print(json.dumps([lm.backend, text, chat, stream == again, heavy]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    backend, text, chat, stream_ok, heavy = json.loads(out.stdout.splitlines()[-1])
+    assert backend == "NativeEngine" and heavy == [] and stream_ok
+    torch_lm = stentor.load(stentor_dir, engine="torch")
+    assert text == torch_lm.generate("Hello world, once upon a time", greedy=True, max_new_tokens=24)
+    assert chat == torch_lm.encode("hello", chat=True)
+
+
+def test_codec_equals_the_hf_tokenizer(stentor_dir):
+    from stentor.tokenizer.codec import TextCodec
+    from stentor.tokenizer.hf import load_tokenizer
+
+    codec, hf = TextCodec.from_dir(stentor_dir), load_tokenizer(stentor_dir)
+    texts = ["Hello world", "  the history</s> of<s>computing ", "naïve café \U0001f642", ""]
+    for text in texts:
+        ids = hf(text)["input_ids"]
+        assert codec.encode(text) == ids and codec.encode(text, add_special_tokens=False) == hf(
+            text, add_special_tokens=False)["input_ids"]
+        for skip in (True, False):
+            assert codec.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert codec.apply_chat_template(messages) == hf.apply_chat_template(messages, add_generation_prompt=True,
+                                                                          tokenize=False)
+    assert (codec.bos_token_id, codec.eos_token_id, codec.pad_token_id) == (hf.bos_token_id, hf.eos_token_id,
+                                                                           hf.pad_token_id)
+
+
+def test_damaged_weights_are_a_clear_error(stentor_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(stentor_dir, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StentorError, match="not a valid safetensors file"):
+        stentor.load(broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(data)
+    config["num_hidden_layers"] += 1
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StentorError, match="lack"):
+        stentor.load(broken)
