@@ -84,9 +84,12 @@ def engine_run(engine, prompts: torch.Tensor, new_tokens: int):
     return run
 
 
-def llama_times(python: str, gguf: Path, threads: int, prompt: list[int], new_tokens: int, rounds: int) -> list[float]:
+def llama_times(python: str, gguf: Path, threads: int, prompt: list[int], new_tokens: int, rounds: int) -> list[float] | None:
     out = subprocess.run([python, "-c", LLAMA_SCRIPT, str(gguf), str(threads), json.dumps(prompt), str(new_tokens),
-                          str(rounds)], capture_output=True, text=True, check=True)
+                          str(rounds)], capture_output=True, text=True)
+    if out.returncode != 0:  # e.g. SIGILL: a llama.cpp build for another CPU; the other files still count
+        print(f"  (llama.cpp on {gguf.name} failed with exit status {out.returncode}; skipped)")
+        return None
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -139,8 +142,10 @@ def main() -> None:
                 for dtype in ("f32", "f16", "q8_0"):
                     gguf = Path(tmp) / f"m-{dtype}.gguf"
                     write_gguf(model, tokenizer, gguf, dtype=dtype)
-                    times[f"llama.cpp {dtype}"] = llama_times(args.llama_python, gguf, args.threads,
-                                                              prompts[0].tolist(), args.new_tokens, args.rounds)
+                    measured = llama_times(args.llama_python, gguf, args.threads, prompts[0].tolist(),
+                                           args.new_tokens, args.rounds)
+                    if measured:
+                        times[f"llama.cpp {dtype}"] = measured
         tokens = batch * args.new_tokens
         best = {name: tokens / min(t) for name, t in times.items()}
         hf = best["HF generate"]

@@ -119,21 +119,33 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-/* Four consecutive rows of a matrix times one vector: x is loaded once for all four. */
+/* Four consecutive rows of a matrix times one vector: x is loaded once for all four, and two
+ * accumulators per row keep eight FMA chains in flight (one chain per row waits on FMA latency). */
 ST_AVX512 static void dot4_f32_avx512(const float *w, int cols, const float *x, float *out) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int i = 0; i < cols; i += 16) {
+    __m512 a[8];
+    for (int k = 0; k < 8; k++) a[k] = _mm512_setzero_ps();
+    const float *w1 = w + cols, *w2 = w + 2 * (size_t)cols, *w3 = w + 3 * (size_t)cols;
+    int i = 0;
+    for (; i + 32 <= cols; i += 32) {
+        __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+        a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), x0, a[0]);
+        a[1] = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + i), x0, a[1]);
+        a[2] = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + i), x0, a[2]);
+        a[3] = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + i), x0, a[3]);
+        a[4] = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), x1, a[4]);
+        a[5] = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + i + 16), x1, a[5]);
+        a[6] = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + i + 16), x1, a[6]);
+        a[7] = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + i + 16), x1, a[7]);
+    }
+    for (; i < cols; i += 16) {
         __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);
         __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + i), xv, a0);
-        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + cols + i), xv, a1);
-        a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + 2 * (size_t)cols + i), xv, a2);
-        a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + 3 * (size_t)cols + i), xv, a3);
+        a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + i), xv, a[0]);
+        a[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + i), xv, a[1]);
+        a[2] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + i), xv, a[2]);
+        a[3] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + i), xv, a[3]);
     }
-    out[0] = _mm512_reduce_add_ps(a0);
-    out[1] = _mm512_reduce_add_ps(a1);
-    out[2] = _mm512_reduce_add_ps(a2);
-    out[3] = _mm512_reduce_add_ps(a3);
+    for (int k = 0; k < 4; k++) out[k] = _mm512_reduce_add_ps(_mm512_add_ps(a[k], a[k + 4]));
 }
 
 ST_AVX512 static inline __m512 load_i8(const int8_t *p, __mmask16 m) {
@@ -141,19 +153,30 @@ ST_AVX512 static inline __m512 load_i8(const int8_t *p, __mmask16 m) {
 }
 
 ST_AVX512 static void dot4_i8_avx512(const int8_t *w, int cols, const float *x, float *out) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int i = 0; i < cols; i += 16) {
+    __m512 a[8];
+    for (int k = 0; k < 8; k++) a[k] = _mm512_setzero_ps();
+    const int8_t *w1 = w + cols, *w2 = w + 2 * (size_t)cols, *w3 = w + 3 * (size_t)cols;
+    int i = 0;
+    for (; i + 32 <= cols; i += 32) {
+        __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+        a[0] = _mm512_fmadd_ps(load_i8(w + i, 0xFFFF), x0, a[0]);
+        a[1] = _mm512_fmadd_ps(load_i8(w1 + i, 0xFFFF), x0, a[1]);
+        a[2] = _mm512_fmadd_ps(load_i8(w2 + i, 0xFFFF), x0, a[2]);
+        a[3] = _mm512_fmadd_ps(load_i8(w3 + i, 0xFFFF), x0, a[3]);
+        a[4] = _mm512_fmadd_ps(load_i8(w + i + 16, 0xFFFF), x1, a[4]);
+        a[5] = _mm512_fmadd_ps(load_i8(w1 + i + 16, 0xFFFF), x1, a[5]);
+        a[6] = _mm512_fmadd_ps(load_i8(w2 + i + 16, 0xFFFF), x1, a[6]);
+        a[7] = _mm512_fmadd_ps(load_i8(w3 + i + 16, 0xFFFF), x1, a[7]);
+    }
+    for (; i < cols; i += 16) {
         __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);
         __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        a0 = _mm512_fmadd_ps(load_i8(w + i, m), xv, a0);
-        a1 = _mm512_fmadd_ps(load_i8(w + cols + i, m), xv, a1);
-        a2 = _mm512_fmadd_ps(load_i8(w + 2 * (size_t)cols + i, m), xv, a2);
-        a3 = _mm512_fmadd_ps(load_i8(w + 3 * (size_t)cols + i, m), xv, a3);
+        a[0] = _mm512_fmadd_ps(load_i8(w + i, m), xv, a[0]);
+        a[1] = _mm512_fmadd_ps(load_i8(w1 + i, m), xv, a[1]);
+        a[2] = _mm512_fmadd_ps(load_i8(w2 + i, m), xv, a[2]);
+        a[3] = _mm512_fmadd_ps(load_i8(w3 + i, m), xv, a[3]);
     }
-    out[0] = _mm512_reduce_add_ps(a0);
-    out[1] = _mm512_reduce_add_ps(a1);
-    out[2] = _mm512_reduce_add_ps(a2);
-    out[3] = _mm512_reduce_add_ps(a3);
+    for (int k = 0; k < 4; k++) out[k] = _mm512_reduce_add_ps(_mm512_add_ps(a[k], a[k + 4]));
 }
 #endif
 
@@ -235,6 +258,56 @@ ST_AVX512 static void silu_mul_avx512(float *g, const float *u, int n) {
 }
 #endif
 
+/* Softmax attention of one query over `count` cached positions: out = sum_t softmax(q.k_t * scale) v_t. */
+static void attend_c(const float *q, const float *keys, const float *vals, int count, int d, float scale,
+                     float *scores, float *out) {
+    float mx = -INFINITY, sum = 0;
+    for (int t = 0; t < count; t++) {
+        scores[t] = dot_f32_c(q, keys + (size_t)t * d, d) * scale;
+        mx = scores[t] > mx ? scores[t] : mx;
+    }
+    for (int t = 0; t < count; t++) { scores[t] = fast_expf(scores[t] - mx); sum += scores[t]; }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < d; i++) out[i] = 0;
+    for (int t = 0; t < count; t++) {
+        float w = scores[t] * inv;
+        for (int i = 0; i < d; i++) out[i] += w * vals[(size_t)t * d + i];
+    }
+}
+
+#ifdef ST_X86
+/* The same with 16-lane vectors: four keys per step, the weighted sum of values kept in registers
+ * (head_dim up to 128; wider heads take the portable loop). */
+ST_AVX512 static void attend_avx512(const float *q, const float *keys, const float *vals, int count, int d,
+                                    float scale, float *scores, float *out) {
+    if (d > 128) { attend_c(q, keys, vals, count, d, scale, scores, out); return; }
+    int t = 0;
+    for (; t + 4 <= count; t += 4) dot4_f32_avx512(keys + (size_t)t * d, d, q, scores + t);
+    for (; t < count; t++) scores[t] = dot_f32_avx512(q, keys + (size_t)t * d, d);
+    __m512 mxv = _mm512_set1_ps(-INFINITY), sc = _mm512_set1_ps(scale);
+    for (t = 0; t < count; t += 16) {
+        __mmask16 k = count - t >= 16 ? 0xFFFF : (__mmask16)((1u << (count - t)) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scores + t), sc);
+        _mm512_mask_storeu_ps(scores + t, k, v);
+        mxv = _mm512_mask_max_ps(mxv, k, mxv, v);
+    }
+    float inv = (float)(1.0 / exp_sum_avx512(scores, scores, count, _mm512_reduce_max_ps(mxv)));
+    __m512 acc[8];
+    int lanes = (d + 15) / 16;
+    for (int j = 0; j < lanes; j++) acc[j] = _mm512_setzero_ps();
+    __mmask16 tail = d % 16 ? (__mmask16)((1u << (d % 16)) - 1) : 0xFFFF;
+    for (t = 0; t < count; t++) {
+        __m512 w = _mm512_set1_ps(scores[t]);
+        const float *vt = vals + (size_t)t * d;
+        for (int j = 0; j < lanes; j++)
+            acc[j] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(j + 1 < lanes ? 0xFFFF : tail, vt + 16 * j), acc[j]);
+    }
+    __m512 iv = _mm512_set1_ps(inv);
+    for (int j = 0; j < lanes; j++)
+        _mm512_mask_storeu_ps(out + 16 * j, j + 1 < lanes ? 0xFFFF : tail, _mm512_mul_ps(acc[j], iv));
+}
+#endif
+
 static double exp_sum_c(const float *s, float *p, int n, float mx) {
     double total = 0;
     for (int i = 0; i < n; i++) {
@@ -252,6 +325,7 @@ static void silu_mul_c(float *g, const float *u, int n) {
 static double (*exp_sum)(const float *, float *, int, float) = exp_sum_c;
 /* g = silu(g) * u */
 static void (*silu_mul)(float *, const float *, int) = silu_mul_c;
+static void (*attend)(const float *, const float *, const float *, int, int, float, float *, float *) = attend_c;
 
 static void pick_kernels(void) {
 #ifdef ST_X86
@@ -264,6 +338,7 @@ static void pick_kernels(void) {
         dot4_i8 = dot4_i8_avx512;
         exp_sum = exp_sum_avx512;
         silu_mul = silu_mul_avx512;
+        attend = attend_avx512;
     }
 #endif
 }
@@ -507,20 +582,7 @@ ST_HOT static void forward_job(void *arg, int tid, int nt) {
             int r = idx / nh, head = idx % nh, g = head / group, p = f->pos[r], slot = f->slots[r];
             const float *qv = f->q + (size_t)r * qd + head * d;
             const float *keys = kv_at(m, slot, l, 0, g, 0), *vals = kv_at(m, slot, l, 1, g, 0);
-            float mx = -INFINITY;
-            for (int t = 0; t <= p; t++) {
-                scores[t] = dot_f32(qv, keys + (size_t)t * d, d) * scale;
-                if (scores[t] > mx) mx = scores[t];
-            }
-            float sum = 0;
-            for (int t = 0; t <= p; t++) { scores[t] = fast_expf(scores[t] - mx); sum += scores[t]; }
-            float inv = 1.0f / sum, *out = f->att + (size_t)r * qd + head * d;
-            for (int i = 0; i < d; i++) out[i] = 0;
-            for (int t = 0; t <= p; t++) {
-                float w = scores[t] * inv;
-                const float *vt = vals + (size_t)t * d;
-                for (int i = 0; i < d; i++) out[i] += w * vt[i];
-            }
+            attend(qv, keys, vals, p + 1, d, scale, scores, f->att + (size_t)r * qd + head * d);
         }
         barrier(tid);
         matmul(&L->o, f->att, n, f->x, 1, tid, nt);
@@ -589,6 +651,19 @@ ST_HOT static float max_value(const float *x, int n) {
     return best;
 }
 
+/* Smallest value above zero (+inf when there is none). */
+ST_HOT static float min_positive(const float *x, int n) {
+    float lane[16];
+    for (int j = 0; j < 16; j++) lane[j] = INFINITY;
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) lane[j] = x[i + j] > 0 && x[i + j] < lane[j] ? x[i + j] : lane[j];
+    float best = INFINITY;
+    for (int j = 0; j < 16; j++) best = lane[j] < best ? lane[j] : best;
+    for (; i < n; i++) best = x[i] > 0 && x[i] < best ? x[i] : best;
+    return best;
+}
+
 /* First index of the largest value (torch.argmax's choice among equal values). */
 static int argmax(const float *x, int n) {
     float best = max_value(x, n);
@@ -636,42 +711,88 @@ static float kth_largest(const float *x, int n, int k, float *tmp) {
 }
 
 /* HF top-p: in ascending order of probability, remove the tokens whose cumulative probability is
- * <= 1 - top_p. p holds unnormalized probabilities summing to `total`. Found without a sort: a
- * radix select on the float bits of p (positive floats order like their bits) finds the value at
- * which the cumulative mass crosses the budget; only tokens of exactly that value are walked. */
+ * <= 1 - top_p (never the most likely token). p holds unnormalized probabilities summing to
+ * `total`. Found without a full sort: tokens go into value buckets spread linearly between the
+ * smallest and largest candidate (monotonic, so the order is kept); buckets wholly below the
+ * budget are removed, and only the bucket where the cumulative mass crosses it is bucketed again,
+ * until a few tokens remain to sort. Two passes usually suffice, for flat and peaked rows alike. */
 static void top_p_filter(float *s, const float *p, int n, float top_p, double total, int32_t *idx, int32_t *idx2) {
-    static const int shifts[3] = {21, 10, 0};
-    static const uint32_t widths[3] = {11, 11, 10};
+    enum { BUCKETS = 1024, FEW = 32 };
     double budget = (1.0 - (double)top_p) * total, below = 0;
-    int count = 0;
-    for (int i = 0; i < n; i++)
-        if (p[i] > 0) idx[count++] = i;
-    for (int pass = 0; pass < 3; pass++) {
-        double hist[2048] = {0};
-        uint32_t mask = (1u << widths[pass]) - 1, b = 0, bits;
+    int count = 0, higher = 0; /* higher: some token above the current bucket is kept */
+    float hi = max_value(p, n), lo = min_positive(p, n);
+    if (hi > lo) { /* the first pass reads p directly (vector loops); the later ones only candidates */
+        /* four histograms, summed after: most tokens of a row share a few low buckets, and
+         * consecutive adds into one bucket would wait on each other */
+        double hist[BUCKETS], part[4][BUCKETS];
+        memset(part, 0, sizeof(part));
+        float scale = (BUCKETS - 0.5f) / (hi - lo);
+        for (int i = 0; i < n; i++) {
+            int b = (int)((p[i] - lo) * scale);
+            b = b < 0 ? 0 : (b < BUCKETS ? b : BUCKETS - 1);
+            part[i & 3][b] += p[i];
+        }
+        for (int b = 0; b < BUCKETS; b++) hist[b] = (part[0][b] + part[1][b]) + (part[2][b] + part[3][b]);
+        int cross = 0, top = BUCKETS - 1;
+        while (top > 0 && hist[top] == 0) top--;
+        for (; cross < top; cross++) {
+            if (below + hist[cross] > budget) break;
+            below += hist[cross];
+        }
+        higher = cross < top;
+        for (int i = 0; i < n; i++) { /* branch-free: which side a token falls is random */
+            int b = (int)((p[i] - lo) * scale);
+            b = b < 0 ? 0 : (b < BUCKETS ? b : BUCKETS - 1);
+            s[i] = b < cross ? -INFINITY : s[i];
+            idx[count] = i;
+            count += b == cross && p[i] > 0;
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            idx[count] = i;
+            count += p[i] > 0;
+        }
+    }
+    while (count > FEW) {
+        float lo = INFINITY, hi = -INFINITY;
         for (int c = 0; c < count; c++) {
-            memcpy(&bits, &p[idx[c]], 4);
-            hist[(bits >> shifts[pass]) & mask] += p[idx[c]];
+            float v = p[idx[c]];
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
         }
-        for (; b <= mask; b++) {
-            if (below + hist[b] > budget) break;
-            below += hist[b];
+        if (!(hi > lo)) break; /* all equal: walk them */
+        double hist[BUCKETS] = {0};
+        float scale = (BUCKETS - 0.5f) / (hi - lo);
+        for (int c = 0; c < count; c++) {
+            int b = (int)((p[idx[c]] - lo) * scale);
+            hist[b < BUCKETS ? b : BUCKETS - 1] += p[idx[c]];
         }
-        if (b > mask) b = mask; /* rounding left the whole mass within budget: keep the top bucket */
+        int cross = 0, top = BUCKETS - 1;
+        while (top > 0 && hist[top] == 0) top--;
+        for (; cross < top; cross++) {
+            if (below + hist[cross] > budget) break;
+            below += hist[cross];
+        }
+        if (cross < top) higher = 1;
         int next = 0;
         for (int c = 0; c < count; c++) {
-            memcpy(&bits, &p[idx[c]], 4);
-            uint32_t bb = (bits >> shifts[pass]) & mask;
-            if (bb < b) s[idx[c]] = -INFINITY;
-            else if (bb == b) idx2[next++] = idx[c];
+            int b = (int)((p[idx[c]] - lo) * scale);
+            b = b < BUCKETS ? b : BUCKETS - 1;
+            s[idx[c]] = b < cross ? -INFINITY : s[idx[c]];
+            idx2[next] = idx[c];
+            next += b == cross;
         }
         memcpy(idx, idx2, sizeof(int32_t) * next);
         count = next;
     }
-    /* the remaining tokens share one value: remove them while the cumulative stays within budget,
-     * keeping at least one (HF never removes the most likely token) */
-    for (int c = 0; c + 1 < count; c++) {
-        if (below + p[idx[c]] > budget) break;
+    for (int c = 1; c < count; c++) { /* insertion sort of the few left, ascending */
+        int32_t t = idx[c];
+        int k = c - 1;
+        while (k >= 0 && p[idx[k]] > p[t]) { idx[k + 1] = idx[k]; k--; }
+        idx[k + 1] = t;
+    }
+    for (int c = 0; c < count; c++) {
+        if (below + p[idx[c]] > budget || (c + 1 == count && !higher)) break;
         below += p[idx[c]];
         s[idx[c]] = -INFINITY;
     }
@@ -696,19 +817,25 @@ ST_HOT void st_sample(int n, int V, float *logits, const int32_t *rows, uint8_t 
             const uint8_t *bn = banned + (size_t)rows[i] * V;
             for (int t = 0; t < V; t++) s[t] = bn[t] ? -INFINITY : s[t];
         }
-        if (q->penalty != 1.0f) {
+        if (q->penalty != 1.0f) { /* seen tokens are few: skip eight unseen at a time */
             float pen = q->penalty;
             for (int t = 0; t < V; t++) {
-                float a = s[t], b = a < 0 ? a * pen : a / pen;
-                s[t] = sn[t] ? b : a;
+                if ((t & 7) == 0 && t + 8 <= V) {
+                    uint64_t word;
+                    memcpy(&word, sn + t, 8);
+                    if (!word) { t += 7; continue; }
+                }
+                if (sn[t]) s[t] = s[t] < 0 ? s[t] * pen : s[t] / pen;
             }
         }
         int token;
         if (q->greedy) {
             token = argmax(s, V);
         } else {
-            if (q->temperature != 1.0f)
-                for (int t = 0; t < V; t++) s[t] = s[t] / q->temperature;
+            if (q->temperature != 1.0f) { /* times the reciprocal: vectorizes; within an ulp of HF's division */
+                float inv_t = 1.0f / q->temperature;
+                for (int t = 0; t < V; t++) s[t] *= inv_t;
+            }
             if (q->top_k > 0 && q->top_k < V) {
                 float kth = kth_largest(s, V, q->top_k, tmp);
                 for (int t = 0; t < V; t++) s[t] = s[t] < kth ? -INFINITY : s[t];
