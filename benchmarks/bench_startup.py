@@ -1,7 +1,8 @@
 """Time to first token and peak memory of a cold `stentor generate`, against llama.cpp's load + 1 token.
 
 Each measurement is a fresh process (best of --repeats, rounds interleaved): the whole command,
-imports and weight loading included, as a user in a shell sees it. Peak RSS comes from wait4.
+imports and weight loading included, as a user in a shell sees it. Peak RSS comes from GNU time
+(/usr/bin/time, Debian package `time`).
 The model is a random-init stentor2-12m saved with the given TokenMonster vocabulary, as a float
 directory and as a `stentor quantize --method int8` directory.
 
@@ -27,16 +28,19 @@ LLAMA_SCRIPT = (
 
 
 def measure(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one fresh process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{err}")
-    return wall, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS MiB) of one fresh process.
+
+    The peak comes from GNU time around the command: a child forked from this (large) process
+    would report the parent's pages it carried until exec.
+    """
+    with tempfile.NamedTemporaryFile("r") as report:
+        start = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *command],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr}")
+        return wall, int(report.read().split()[-1]) / 1024
 
 
 def main() -> None:

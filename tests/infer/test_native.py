@@ -164,6 +164,7 @@ def test_lean_load_needs_no_torch_and_gives_the_torch_engines_text(stentor_dir):
         "chat = lm.encode('hello', chat=True)\n"
         "stream = ''.join(lm.stream('the history of', seed=1, max_new_tokens=24))\n"
         "again = lm.generate('the history of', seed=1, max_new_tokens=24)\n"
+        "import stentor.infer.server\n"
         "heavy = [m for m in ('torch', 'transformers', 'numba') if m in sys.modules]\n"
         "print(json.dumps([lm.backend, text, chat, stream == again, heavy]))\n"
     )
@@ -209,3 +210,18 @@ def test_damaged_weights_are_a_clear_error(stentor_dir, tmp_path):
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(StentorError, match="lack"):
         stentor.load(broken)
+
+
+def test_without_the_compiled_library_stentor_runs_on_torch_with_a_notice(stentor_dir):
+    script = (
+        "import sys, logging\n"
+        "logging.basicConfig()\n"
+        "sys.modules['stentor.infer._kernels'] = None  # as an install without a C compiler\n"
+        "import stentor\n"
+        f"lm = stentor.load({str(stentor_dir)!r})\n"
+        "print(lm.backend, lm.generate('Hello world', greedy=True, max_new_tokens=8) != '')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["Engine", "True"]
+    notices = [line for line in out.stderr.splitlines() if "torch engine" in line]
+    assert len(notices) == 1 and "without its compiled runtime" in notices[0]

@@ -312,8 +312,10 @@ def load(
     path = Path(spec).expanduser()
     if engine == "stentor" and not compile and path.is_dir():
         lean = _lean_load(path, Path(tokenizer).expanduser() if tokenizer is not None else path, threads)
-        if lean is not None:
+        if isinstance(lean, Stentor):
             return lean
+        if lean == "refused":  # the runtime said why (once); the torch engine it is
+            engine = "torch"
     from stentor.model.loading import load_model
     from stentor.tokenizer.hf import load_tokenizer
 
@@ -322,16 +324,17 @@ def load(
     return Stentor(model, tok, engine=engine, compile=compile, threads=threads, source=spec)
 
 
-def _lean_load(path: Path, tokenizer_dir: Path, threads: int | None) -> Stentor | None:
-    """The model on the compiled runtime with a `TextCodec`, or None (after a notice) where that cannot be."""
+def _lean_load(path: Path, tokenizer_dir: Path, threads: int | None) -> Stentor | str:
+    """The model on the compiled runtime with a `TextCodec`; else "tokenizer" (not a Stentor tokenizer
+    directory) or "refused" (the runtime cannot run this model here; the notice is given)."""
     from stentor.tokenizer.codec import TextCodec
     from stentor.tokenizer.tokenmonster import VocabError
 
     try:
         codec = TextCodec.from_dir(tokenizer_dir)
     except (OSError, ValueError, KeyError, TypeError, VocabError):
-        return None  # not a Stentor tokenizer directory: the HF loader reads it (and reports what is wrong)
+        return "tokenizer"  # not a Stentor tokenizer directory: the HF loader reads it (and reports what is wrong)
     runtime = _native_or_none(lambda w: w.from_dir(path), threads)
     if runtime is None:
-        return None
+        return "refused"
     return Stentor(None, codec, runtime=runtime, source=str(path))

@@ -22,7 +22,7 @@ from typing import Any
 
 from stentor.errors import StentorError
 from stentor.infer.api import Stentor, sampling_params
-from stentor.infer.sampling import SamplingParams
+from stentor.infer.decoding import SamplingParams
 from stentor.infer.text import streaming_decoder
 
 log = logging.getLogger(__name__)
