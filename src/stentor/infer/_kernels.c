@@ -120,77 +120,69 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
 }
 
 /* Four consecutive rows of a matrix times one vector: x is loaded once for all four, and two
- * accumulators per row keep eight FMA chains in flight (one chain per row waits on FMA latency). */
-ST_AVX512 static void dot4_f32_avx512(const float *w, int cols, const float *x, float *out) {
-    __m512 a[8];
-    for (int k = 0; k < 8; k++) a[k] = _mm512_setzero_ps();
+ * accumulators per row keep eight FMA chains in flight (one chain per row waits on FMA latency).
+ * `ahead` (or NULL) is the next block of rows: its lines are prefetched as this block is read,
+ * spread over the loop, so the weight stream overlaps the arithmetic when several inputs reuse it. */
+#define ST_DOT4_BODY(LOAD)                                                                          \
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0; \
+    int i = 0;                                                                                      \
+    for (; i + 32 <= cols; i += 32) {                                                               \
+        if (ahead) {                                                                                \
+            for (int k = 0; k < 4; k++) {                                                           \
+                _mm_prefetch((const char *)(ahead + (size_t)k * cols + i), _MM_HINT_T0);            \
+                _mm_prefetch((const char *)(ahead + (size_t)k * cols + i + 16), _MM_HINT_T0);       \
+            }                                                                                       \
+        }                                                                                           \
+        __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);                       \
+        a0 = _mm512_fmadd_ps(LOAD(w + i, 0xFFFF), x0, a0);                                          \
+        a1 = _mm512_fmadd_ps(LOAD(w1 + i, 0xFFFF), x0, a1);                                         \
+        a2 = _mm512_fmadd_ps(LOAD(w2 + i, 0xFFFF), x0, a2);                                         \
+        a3 = _mm512_fmadd_ps(LOAD(w3 + i, 0xFFFF), x0, a3);                                         \
+        a4 = _mm512_fmadd_ps(LOAD(w + i + 16, 0xFFFF), x1, a4);                                     \
+        a5 = _mm512_fmadd_ps(LOAD(w1 + i + 16, 0xFFFF), x1, a5);                                    \
+        a6 = _mm512_fmadd_ps(LOAD(w2 + i + 16, 0xFFFF), x1, a6);                                    \
+        a7 = _mm512_fmadd_ps(LOAD(w3 + i + 16, 0xFFFF), x1, a7);                                    \
+    }                                                                                               \
+    for (; i < cols; i += 16) {                                                                     \
+        __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);                \
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);                                                \
+        a0 = _mm512_fmadd_ps(LOAD(w + i, m), xv, a0);                                               \
+        a1 = _mm512_fmadd_ps(LOAD(w1 + i, m), xv, a1);                                              \
+        a2 = _mm512_fmadd_ps(LOAD(w2 + i, m), xv, a2);                                              \
+        a3 = _mm512_fmadd_ps(LOAD(w3 + i, m), xv, a3);                                              \
+    }                                                                                               \
+    out[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a4));                                           \
+    out[1] = _mm512_reduce_add_ps(_mm512_add_ps(a1, a5));                                           \
+    out[2] = _mm512_reduce_add_ps(_mm512_add_ps(a2, a6));                                           \
+    out[3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, a7));
+
+#define ST_LOAD_F32(p, m) _mm512_maskz_loadu_ps(m, p)
+#define ST_LOAD_I8(p, m) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)))
+
+ST_AVX512 static void dot4_f32_avx512(const float *w, int cols, const float *x, float *out, const float *ahead) {
     const float *w1 = w + cols, *w2 = w + 2 * (size_t)cols, *w3 = w + 3 * (size_t)cols;
-    int i = 0;
-    for (; i + 32 <= cols; i += 32) {
-        __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
-        a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), x0, a[0]);
-        a[1] = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + i), x0, a[1]);
-        a[2] = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + i), x0, a[2]);
-        a[3] = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + i), x0, a[3]);
-        a[4] = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), x1, a[4]);
-        a[5] = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + i + 16), x1, a[5]);
-        a[6] = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + i + 16), x1, a[6]);
-        a[7] = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + i + 16), x1, a[7]);
-    }
-    for (; i < cols; i += 16) {
-        __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);
-        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + i), xv, a[0]);
-        a[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + i), xv, a[1]);
-        a[2] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + i), xv, a[2]);
-        a[3] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + i), xv, a[3]);
-    }
-    for (int k = 0; k < 4; k++) out[k] = _mm512_reduce_add_ps(_mm512_add_ps(a[k], a[k + 4]));
+    ST_DOT4_BODY(ST_LOAD_F32)
 }
 
-ST_AVX512 static inline __m512 load_i8(const int8_t *p, __mmask16 m) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
-}
-
-ST_AVX512 static void dot4_i8_avx512(const int8_t *w, int cols, const float *x, float *out) {
-    __m512 a[8];
-    for (int k = 0; k < 8; k++) a[k] = _mm512_setzero_ps();
+ST_AVX512 static void dot4_i8_avx512(const int8_t *w, int cols, const float *x, float *out, const int8_t *ahead) {
     const int8_t *w1 = w + cols, *w2 = w + 2 * (size_t)cols, *w3 = w + 3 * (size_t)cols;
-    int i = 0;
-    for (; i + 32 <= cols; i += 32) {
-        __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
-        a[0] = _mm512_fmadd_ps(load_i8(w + i, 0xFFFF), x0, a[0]);
-        a[1] = _mm512_fmadd_ps(load_i8(w1 + i, 0xFFFF), x0, a[1]);
-        a[2] = _mm512_fmadd_ps(load_i8(w2 + i, 0xFFFF), x0, a[2]);
-        a[3] = _mm512_fmadd_ps(load_i8(w3 + i, 0xFFFF), x0, a[3]);
-        a[4] = _mm512_fmadd_ps(load_i8(w + i + 16, 0xFFFF), x1, a[4]);
-        a[5] = _mm512_fmadd_ps(load_i8(w1 + i + 16, 0xFFFF), x1, a[5]);
-        a[6] = _mm512_fmadd_ps(load_i8(w2 + i + 16, 0xFFFF), x1, a[6]);
-        a[7] = _mm512_fmadd_ps(load_i8(w3 + i + 16, 0xFFFF), x1, a[7]);
-    }
-    for (; i < cols; i += 16) {
-        __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);
-        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        a[0] = _mm512_fmadd_ps(load_i8(w + i, m), xv, a[0]);
-        a[1] = _mm512_fmadd_ps(load_i8(w1 + i, m), xv, a[1]);
-        a[2] = _mm512_fmadd_ps(load_i8(w2 + i, m), xv, a[2]);
-        a[3] = _mm512_fmadd_ps(load_i8(w3 + i, m), xv, a[3]);
-    }
-    for (int k = 0; k < 4; k++) out[k] = _mm512_reduce_add_ps(_mm512_add_ps(a[k], a[k + 4]));
+    ST_DOT4_BODY(ST_LOAD_I8)
 }
 #endif
 
-static void dot4_f32_c(const float *w, int cols, const float *x, float *out) {
+static void dot4_f32_c(const float *w, int cols, const float *x, float *out, const float *ahead) {
+    (void)ahead;
     for (int k = 0; k < 4; k++) out[k] = dot_f32_c(w + (size_t)k * cols, x, cols);
 }
 
-static void dot4_i8_c(const int8_t *w, int cols, const float *x, float *out) {
+static void dot4_i8_c(const int8_t *w, int cols, const float *x, float *out, const int8_t *ahead) {
+    (void)ahead;
     for (int k = 0; k < 4; k++) out[k] = dot_i8_c(w + (size_t)k * cols, x, cols);
 }
 
 static float (*dot_f32)(const float *, const float *, int) = dot_f32_c;
-static void (*dot4_f32)(const float *, int, const float *, float *) = dot4_f32_c;
-static void (*dot4_i8)(const int8_t *, int, const float *, float *) = dot4_i8_c;
+static void (*dot4_f32)(const float *, int, const float *, float *, const float *) = dot4_f32_c;
+static void (*dot4_i8)(const int8_t *, int, const float *, float *, const int8_t *) = dot4_i8_c;
 static float (*dot_i8)(const int8_t *, const float *, int) = dot_i8_c;
 
 
@@ -282,7 +274,7 @@ ST_AVX512 static void attend_avx512(const float *q, const float *keys, const flo
                                     float scale, float *scores, float *out) {
     if (d > 128) { attend_c(q, keys, vals, count, d, scale, scores, out); return; }
     int t = 0;
-    for (; t + 4 <= count; t += 4) dot4_f32_avx512(keys + (size_t)t * d, d, q, scores + t);
+    for (; t + 4 <= count; t += 4) dot4_f32_avx512(keys + (size_t)t * d, d, q, scores + t, NULL);
     for (; t < count; t++) scores[t] = dot_f32_avx512(q, keys + (size_t)t * d, d);
     __m512 mxv = _mm512_set1_ps(-INFINITY), sc = _mm512_set1_ps(scale);
     for (t = 0; t < count; t += 16) {
@@ -499,11 +491,14 @@ static void matmul(const st_mat *m, const float *in, int n, float *out, int accu
         for (int r = 0; r < n; r++) {
             const float *xr = in + (size_t)r * cols;
             float *o = out + (size_t)r * m->rows + j;
+            int prefetch = r == 0 && n > 1 && j + 8 <= hi; /* one input: the hardware prefetcher keeps up */
             if (m->type == WT_I8) {
-                dot4_i8((const int8_t *)m->w + (size_t)j * cols, cols, xr, v);
+                const int8_t *wj = (const int8_t *)m->w + (size_t)j * cols;
+                dot4_i8(wj, cols, xr, v, prefetch ? wj + 4 * (size_t)cols : NULL);
                 for (int k = 0; k < 4; k++) v[k] *= m->scale[j + k];
             } else {
-                dot4_f32((const float *)m->w + (size_t)j * cols, cols, xr, v);
+                const float *wj = (const float *)m->w + (size_t)j * cols;
+                dot4_f32(wj, cols, xr, v, prefetch ? wj + 4 * (size_t)cols : NULL);
             }
             for (int k = 0; k < 4; k++) o[k] = accumulate ? o[k] + v[k] : v[k];
         }
