@@ -225,3 +225,20 @@ def test_without_the_compiled_library_stentor_runs_on_torch_with_a_notice(stento
     assert out.stdout.split() == ["Engine", "True"]
     notices = [line for line in out.stderr.splitlines() if "torch engine" in line]
     assert len(notices) == 1 and "without its compiled runtime" in notices[0]
+
+
+def test_stentor_tokenizer_fast_paths_equal_transformers_own(stentor_dir):
+    """The regex split of added tokens and the one-table id look-up give what transformers' trie path gives."""
+    from transformers import PreTrainedTokenizer
+
+    from stentor.tokenizer.hf import load_tokenizer
+
+    tok = load_tokenizer(stentor_dir)
+    for text in ["Hello world", "a</s>b<s><s>c <reserved_3>d</s", "  naïve\\n\\n café 日本 ", "<reserved_10><reserved_1>"]:
+        assert tok.tokenize(text) == PreTrainedTokenizer.tokenize(tok, text)
+        names = PreTrainedTokenizer.tokenize(tok, text)
+        assert tok.convert_tokens_to_ids(names) == PreTrainedTokenizer.convert_tokens_to_ids(tok, names)
+    tok.add_tokens(["<|user|>"])  # a token added later is split out too
+    text = "hi <|user|> there"
+    assert tok.tokenize(text) == PreTrainedTokenizer.tokenize(tok, text) and "<|user|>" in tok.tokenize(text)
+    assert tok.convert_tokens_to_ids("<|user|>") in tok(text)["input_ids"]

@@ -24,6 +24,12 @@ class Special(NamedTuple):
     special: bool = True
 
 
+def special_splitter(names) -> re.Pattern | None:
+    """A regex whose `split` cuts text at added-token names, longest first (the match transformers' trie makes)."""
+    names = sorted(names, key=len, reverse=True)
+    return re.compile("(" + "|".join(re.escape(n) for n in names) + ")") if names else None
+
+
 def split_segments(ids: Iterable[int], base: int, added: dict, skip_special_tokens: bool) -> Iterator[list[int] | str]:
     """Runs of TokenMonster ids, and the text of the added tokens between them (`added`: id -> .content/.special).
 
@@ -106,8 +112,7 @@ class TextCodec:
         self.chat_template = chat_template
         self.all_special_ids = sorted(i for i, token in added.items() if token.special)
         self._ids = ids
-        names = sorted(ids, key=len, reverse=True)
-        self._split = re.compile("(" + "|".join(re.escape(n) for n in names) + ")") if names else None
+        self._split = special_splitter(ids)
         self._template = None
 
     @classmethod
