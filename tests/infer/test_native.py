@@ -165,6 +165,11 @@ def test_lean_load_needs_no_torch_and_gives_the_torch_engines_text(stentor_dir):
         "stream = ''.join(lm.stream('the history of', seed=1, max_new_tokens=24))\n"
         "again = lm.generate('the history of', seed=1, max_new_tokens=24)\n"
         "import stentor.infer.server\n"
+        "from stentor.infer.speculative import speculative_generate\n"
+        "draft = stentor.load(lm._source)\n"
+        "ids = lm.encode('Hello world, once upon a time')\n"
+        "drafted = speculative_generate(lm.engine, draft.engine, ids, 3, greedy=True, max_new_tokens=24)\n"
+        "assert lm.tokenizer.decode(drafted.tokens, skip_special_tokens=True) == text, 'speculative != plain greedy'\n"
         "heavy = [m for m in ('torch', 'transformers', 'numba') if m in sys.modules]\n"
         "print(json.dumps([lm.backend, text, chat, stream == again, heavy]))\n"
     )

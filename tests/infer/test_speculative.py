@@ -102,7 +102,14 @@ def _chi2(counts: Counter, expected: dict, n: int) -> tuple[float, int]:
     return stat, bins - 1
 
 
-def test_sampled_tokens_follow_the_target_distribution():
+def _native(model):
+    from stentor.infer.native import NativeEngine, Weights
+
+    return NativeEngine(Weights.from_model(model), threads=1)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "native"])
+def test_sampled_tokens_follow_the_target_distribution(runtime):
     """Vocab 16, sharply different draft and target, repetition penalty on: the first token and the first
     two tokens (draft k=1: the accept + bonus, reject + residual and target-only paths all run), sampled
     1,200 times with a fixed seed, pass a chi-square test against the target-only
@@ -121,8 +128,9 @@ def test_sampled_tokens_follow_the_target_distribution():
     torch.manual_seed(0)  # the runs below draw from the global generator (seed=None)
     n = 1200
     firsts, pairs, accepted = Counter(), Counter(), 0
-    for _ in range(n):
-        result = speculative_generate(target, draft, prompt, 1, params=params)
+    models = (target, draft) if runtime == "torch" else (_native(target), _native(draft))
+    for i in range(n):
+        result = speculative_generate(*models, prompt, 1, params=params if runtime == "torch" else params.replace(seed=i))
         firsts[result.tokens[0]] += 1
         pairs[tuple(result.tokens[:2])] += 1
         accepted += result.stats.accepted
@@ -138,6 +146,19 @@ def test_sampled_tokens_follow_the_target_distribution():
     wrong, wrong_df = _chi2(firsts, {t: float(q1[t]) for t in range(16)}, n)
     assert wrong > 10 * (wrong_df + 4 * (2 * wrong_df) ** 0.5)
     assert 0.1 * n < accepted < 0.9 * n  # both acceptance and rejection paths ran often
+
+
+@pytest.mark.parametrize(("k", "penalty"), [(1, 1.3), (4, 1.0), ("adaptive", 1.3)])
+def test_on_the_runtime_greedy_equals_target_only_greedy(pair, k, penalty):
+    target, draft = pair
+    engine = _native(target)
+    params = SamplingParams(greedy=True, repetition_penalty=penalty, max_new_tokens=24, stop_at_eos=False)
+    want = [step.tokens[0] for step in engine.generate([PROMPT], params)]
+    result = speculative_generate(engine, _native(draft), PROMPT, k, params=params)
+    assert result.tokens == want and result.stats.target_calls < 24 + 1
+    perfect = speculative_generate(engine, _native(target), PROMPT, "adaptive", temperature=0.8, seed=3,
+                                   max_new_tokens=30, stop_at_eos=False)
+    assert perfect.stats.acceptance_rate == 1.0 and len(perfect.tokens) == 30
 
 
 def test_incompatible_vocabularies_are_refused(pair):

@@ -798,56 +798,61 @@ typedef struct {
     int32_t top_k, greedy;
 } st_params;
 
+/* Row s of logits through the processors: banned tokens and the repetition penalty always, and for
+ * sampled rows temperature, top-k, top-p and min-p. Returns -1 with p = the kept unnormalized
+ * probabilities (0 elsewhere) and *total their sum, or for greedy rows the arg-max token. */
+ST_HOT static int warp_row(float *s, int V, const uint8_t *sn, const uint8_t *bn, const st_params *q, float *work,
+                           double *total) {
+    float *p = work, *tmp = work + V;
+    int32_t *idx = (int32_t *)(work + 2 * V), *idx2 = (int32_t *)(work + 3 * V);
+    if (bn)
+        for (int t = 0; t < V; t++) s[t] = bn[t] ? -INFINITY : s[t];
+    if (q->penalty != 1.0f) { /* seen tokens are few: skip eight unseen at a time */
+        float pen = q->penalty;
+        for (int t = 0; t < V; t++) {
+            if ((t & 7) == 0 && t + 8 <= V) {
+                uint64_t word;
+                memcpy(&word, sn + t, 8);
+                if (!word) { t += 7; continue; }
+            }
+            if (sn[t]) s[t] = s[t] < 0 ? s[t] * pen : s[t] / pen;
+        }
+    }
+    if (q->greedy) return argmax(s, V);
+    if (q->temperature != 1.0f) { /* times the reciprocal: vectorizes; within an ulp of HF's division */
+        float inv_t = 1.0f / q->temperature;
+        for (int t = 0; t < V; t++) s[t] *= inv_t;
+    }
+    if (q->top_k > 0 && q->top_k < V) {
+        float kth = kth_largest(s, V, q->top_k, tmp);
+        for (int t = 0; t < V; t++) s[t] = s[t] < kth ? -INFINITY : s[t];
+    }
+    *total = exp_sum(s, p, V, max_value(s, V));
+    if (q->top_p < 1.0f) {
+        top_p_filter(s, p, V, q->top_p, *total, idx, idx2);
+        *total = keep_sum(s, p, V);
+    }
+    if (q->min_p > 0.0f) {
+        int best = argmax(p, V);
+        float threshold = q->min_p * p[best];
+        for (int t = 0; t < V; t++) s[t] = p[t] < threshold && t != best ? -INFINITY : s[t];
+        *total = keep_sum(s, p, V);
+    }
+    return -1;
+}
+
 /* Choose the next token of each of `n` rows. logits [n, V] (modified); seen/banned [*, V] indexed by
  * rows[i]; params per row; u[i] uniform in [0, 1) (unused for greedy rows). seen is updated. */
 ST_HOT void st_sample(int n, int V, float *logits, const int32_t *rows, uint8_t *seen, const uint8_t *banned,
                       const st_params *params, const double *u, int32_t *out, float *work) {
-    float *p = work, *tmp = work + V;
-    int32_t *idx = (int32_t *)(work + 2 * V), *idx2 = (int32_t *)(work + 3 * V);
+    float *p = work;
     for (int i = 0; i < n; i++) {
         float *s = logits + (size_t)i * V;
-        const st_params *q = &params[i];
         uint8_t *sn = seen + (size_t)rows[i] * V;
-        if (banned) {
-            const uint8_t *bn = banned + (size_t)rows[i] * V;
-            for (int t = 0; t < V; t++) s[t] = bn[t] ? -INFINITY : s[t];
-        }
-        if (q->penalty != 1.0f) { /* seen tokens are few: skip eight unseen at a time */
-            float pen = q->penalty;
-            for (int t = 0; t < V; t++) {
-                if ((t & 7) == 0 && t + 8 <= V) {
-                    uint64_t word;
-                    memcpy(&word, sn + t, 8);
-                    if (!word) { t += 7; continue; }
-                }
-                if (sn[t]) s[t] = s[t] < 0 ? s[t] * pen : s[t] / pen;
-            }
-        }
-        int token;
-        if (q->greedy) {
-            token = argmax(s, V);
-        } else {
-            if (q->temperature != 1.0f) { /* times the reciprocal: vectorizes; within an ulp of HF's division */
-                float inv_t = 1.0f / q->temperature;
-                for (int t = 0; t < V; t++) s[t] *= inv_t;
-            }
-            if (q->top_k > 0 && q->top_k < V) {
-                float kth = kth_largest(s, V, q->top_k, tmp);
-                for (int t = 0; t < V; t++) s[t] = s[t] < kth ? -INFINITY : s[t];
-            }
-            double total = exp_sum(s, p, V, max_value(s, V));
-            if (q->top_p < 1.0f) {
-                top_p_filter(s, p, V, q->top_p, total, idx, idx2);
-                total = keep_sum(s, p, V);
-            }
-            if (q->min_p > 0.0f) {
-                int best = argmax(p, V);
-                float threshold = q->min_p * p[best];
-                for (int t = 0; t < V; t++) s[t] = p[t] < threshold && t != best ? -INFINITY : s[t];
-                total = keep_sum(s, p, V);
-            }
+        double total = 0;
+        int token = warp_row(s, V, sn, banned ? banned + (size_t)rows[i] * V : NULL, &params[i], work, &total);
+        if (token < 0) { /* the inverse CDF in vocabulary order, as torch.multinomial */
             double target = u[i] * total, acc = 0;
-            token = -1;
             for (int t = 0; t < V; t++) {
                 if (p[t] <= 0) continue;
                 acc += p[t];
@@ -858,6 +863,21 @@ ST_HOT void st_sample(int n, int V, float *logits, const int32_t *rows, uint8_t 
         }
         sn[token] = 1;
         out[i] = token;
+    }
+}
+
+/* The processed distribution of each sampled row (what st_sample draws from), normalized, into
+ * probs [n, V]; for speculative decoding, which needs the probabilities themselves. */
+ST_HOT void st_probs(int n, int V, float *logits, const int32_t *rows, const uint8_t *seen, const st_params *params,
+                     float *probs, float *work) {
+    for (int i = 0; i < n; i++) {
+        double total = 0;
+        float *out = probs + (size_t)i * V;
+        st_params q = params[i];
+        q.greedy = 0;
+        warp_row(logits + (size_t)i * V, V, seen + (size_t)rows[i] * V, NULL, &q, work, &total);
+        float inv = total > 0 ? (float)(1.0 / total) : 0.0f;
+        for (int t = 0; t < V; t++) out[t] = work[t] * inv;
     }
 }
 

@@ -82,6 +82,7 @@ def library() -> ctypes.CDLL:
                 lib.st_scratch_floats.argtypes, lib.st_scratch_floats.restype = [p, i32, i32], i64
                 lib.st_forward.argtypes, lib.st_forward.restype = [p, i32, p, p, p, i32, p, p, p], i32
                 lib.st_sample.argtypes, lib.st_sample.restype = [i32, i32, p, p, p, p, p, p, p, p], None
+                lib.st_probs.argtypes, lib.st_probs.restype = [i32, i32, p, p, p, p, p, p], None
                 _LIB = lib
                 return lib
     raise Unsupported(_LIB_ERROR)
@@ -321,6 +322,20 @@ class NativeEngine:
             banned = np.ascontiguousarray(banned, dtype=np.uint8)
         rows = np.arange(len(logits), dtype=np.int32)
         return self._sample(logits, rows, seen, banned, _param_table(params), u)
+
+    def distributions(self, logits: np.ndarray, params: SamplingParams, seen: np.ndarray) -> np.ndarray:
+        """The processed next-token distribution (what `sample` draws from) of each row of logits [n, V],
+        each row penalized with its own row of `seen` [n, V] uint8."""
+        logits = np.array(logits, dtype=np.float32, order="C")
+        seen = np.ascontiguousarray(seen, dtype=np.uint8)
+        if seen.shape != logits.shape:
+            raise StentorError("seen must be shaped like the logits")
+        probs = np.empty_like(logits)
+        rows = np.arange(len(logits), dtype=np.int32)
+        table = _param_table([params] * len(logits))
+        self.lib.st_probs(len(logits), self.vocab_size, _ptr(logits), _ptr(rows), _ptr(seen), ctypes.addressof(table),
+                          _ptr(probs), _ptr(self._work))
+        return probs
 
     def fit_prompt(self, prompt: list[int], max_new_tokens: int) -> list[int]:
         return fit_prompt(prompt, max_new_tokens, self.max_positions)

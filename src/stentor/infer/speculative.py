@@ -17,8 +17,10 @@ Greedy: keep x_j while it equals the target's arg-max, then take the target's ar
 same tokens as target-only greedy decoding. The draft length k is fixed or "adaptive": +1 after
 a step that kept every draft token, -1 after a step that kept fewer than half (1 <= k <= max_k).
 
-Both models are Hugging Face causal LMs run with a `DynamicCache` each, trimmed after a
-rejection; one prompt at a time (batch 1).
+The models are two `NativeEngine`s (the compiled runtime: the KV cache is indexed by position,
+so trimming after a rejection is free, and the target checks the k drafts in one step of k + 1
+rows), or two Hugging Face causal LMs with a `DynamicCache` each; one prompt at a time (batch 1).
+The runtime draws from NumPy's generator and HF models from torch's, as in plain decoding.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from stentor.errors import StentorError
-from stentor.infer.sampling import LogitsPipeline, SamplingParams
+from stentor.infer.decoding import SamplingParams
 
 DEFAULT_K = 4
 MAX_K = 16
@@ -73,15 +75,29 @@ class SpeculativeResult:
     stats: SpeculativeStats
 
 
+def _vocab_size(model) -> int:
+    return model.config.vocab_size if hasattr(model, "config") else model.vocab_size
+
+
+def _context(model) -> int:
+    return model.config.max_position_embeddings if hasattr(model, "config") else model.max_positions
+
+
 def check_compatible(target, draft, target_tokenizer=None, draft_tokenizer=None) -> None:
     """Raise a StentorError unless draft and target share one vocabulary (ids mean the same tokens)."""
-    t_size, d_size = target.config.vocab_size, draft.config.vocab_size
+    t_size, d_size = _vocab_size(target), _vocab_size(draft)
     if t_size != d_size:
         raise StentorError(
             f"the draft's vocabulary has {d_size} ids but the target's has {t_size}: speculative decoding needs the "
             "same tokenizer for both; pick a draft trained with the target's tokenizer"
         )
     if target_tokenizer is None or draft_tokenizer is None:
+        return
+    if not hasattr(target_tokenizer, "get_vocab"):  # two TextCodecs: the vocabulary and the added tokens
+        if (target_tokenizer.vocab.to_bytes(), target_tokenizer.added) != (
+                draft_tokenizer.vocab.to_bytes(), draft_tokenizer.added):
+            raise StentorError("the draft and target tokenizers differ: a drafted id would mean a different token; "
+                               "pick a draft trained with the target's tokenizer")
         return
     t_vocab, d_vocab = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
     if t_vocab != d_vocab:
@@ -108,32 +124,139 @@ class _Pipelines:
     def __init__(self, params: SamplingParams, vocab_size: int):
         self.params, self.vocab_size, self._by_rows = params, vocab_size, {}
 
-    def __call__(self, rows: int) -> LogitsPipeline:
+    def __call__(self, rows: int):
+        from stentor.infer.sampling import LogitsPipeline
+
         if rows not in self._by_rows:
             self._by_rows[rows] = LogitsPipeline([self.params] * rows, self.vocab_size)
         return self._by_rows[rows]
 
-    def scores(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    def scores(self, logits, seen):
         """Penalized logits (what greedy takes the arg-max of), one row per position."""
         return self(logits.shape[0]).penalize(logits.float(), seen)
 
-    def probs(self, scores: torch.Tensor) -> torch.Tensor:
+    def probs(self, scores):
         return self(scores.shape[0]).warp(scores).softmax(dim=-1)
 
 
-def _forward(model, ids: list[int], cache) -> torch.Tensor:
-    return model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits[0]
+class _TorchPair:
+    """Target (side 0) and draft (side 1) as HF models: a DynamicCache each, the torch engine's
+    pipeline and torch's RNG. `seen` is a bool row [1, V] of the tokens so far. (torch is imported
+    where it is used: the native pair below runs without it.)"""
+
+    def __init__(self, target, draft, params: SamplingParams, vocab: int):
+        import torch
+        from transformers import DynamicCache
+
+        self.models, self.caches = (target, draft), (DynamicCache(), DynamicCache())
+        self.pipelines = _Pipelines(params, vocab)
+        self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        self.vocab = vocab
+
+    def cached(self, side: int) -> int:
+        return self.caches[side].get_seq_length()
+
+    def logits(self, side: int, ids: list[int]):
+        import torch
+
+        return self.models[side](input_ids=torch.tensor([ids]), cache=self.caches[side], use_cache=True).logits[0]
+
+    def trim(self, side: int, keep: int) -> None:
+        _trim(self.caches[side], keep)
+
+    def seen(self, tokens: list[int]):
+        import torch
+
+        seen = torch.zeros(1, self.vocab, dtype=torch.bool)
+        seen[0, tokens] = True
+        return seen
+
+    @staticmethod
+    def with_drafts(seen, drafts: list[int]):
+        """Rows 0..len(drafts): row j has also seen the drafts before j (the prefix of that position)."""
+        rows = seen.repeat(len(drafts) + 1, 1)
+        for j, token in enumerate(drafts):
+            rows[j + 1 :, token] = True
+        return rows
+
+    def greedy(self, logits, seen) -> list[int]:
+        return self.pipelines.scores(logits, seen).argmax(dim=-1).tolist()
+
+    def probs(self, logits, seen):
+        return self.pipelines.probs(self.pipelines.scores(logits, seen))
+
+    def pick(self, probs) -> int:
+        import torch
+
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def uniform(self) -> float:
+        import torch
+
+        return float(torch.rand((), generator=self.generator))
+
+    @staticmethod
+    def residual(p, q):
+        return (p - q).clamp(min=0)
 
 
-def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    return int(torch.multinomial(probs, 1, generator=generator))
+class _NativePair(_TorchPair):
+    """Target and draft as NativeEngines: the cache is indexed by position (trimming is a length), NumPy's RNG."""
+
+    def __init__(self, target, draft, params: SamplingParams, vocab: int):
+        self.models, self.lengths, self.params, self.vocab = (target, draft), [0, 0], params, vocab
+        self.rng = np.random.Generator(np.random.PCG64(params.seed))
+        for engine in self.models:
+            engine._ensure_cache(1, engine.max_positions)
+
+    def cached(self, side: int) -> int:
+        return self.lengths[side]
+
+    def logits(self, side: int, ids: list[int]) -> np.ndarray:
+        start, rows = self.lengths[side], np.arange(len(ids))
+        out = self.models[side].forward(np.asarray(ids), np.zeros(len(ids)), start + rows, rows)
+        self.lengths[side] += len(ids)
+        return out
+
+    def trim(self, side: int, keep: int) -> None:
+        self.lengths[side] = min(self.lengths[side], keep)
+
+    def seen(self, tokens: list[int]) -> np.ndarray:
+        seen = np.zeros((1, self.vocab), dtype=np.uint8)
+        seen[0, tokens] = 1
+        return seen
+
+    @staticmethod
+    def with_drafts(seen, drafts: list[int]):
+        rows = np.repeat(seen, len(drafts) + 1, axis=0)
+        for j, token in enumerate(drafts):
+            rows[j + 1 :, token] = 1
+        return rows
+
+    def greedy(self, logits, seen) -> list[int]:
+        params = [self.params.replace(greedy=True)] * len(logits)
+        return self.models[0].sample(logits, params, seen.copy(), np.zeros(len(logits))).tolist()
+
+    def probs(self, logits, seen):
+        return self.models[0].distributions(logits, self.params, seen)
+
+    def pick(self, probs) -> int:
+        cumulative = np.cumsum(probs, dtype=np.float64)
+        index = np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")
+        return int(min(index, len(probs) - 1))
+
+    def uniform(self) -> float:
+        return float(self.rng.random())
+
+    @staticmethod
+    def residual(p, q):
+        return np.maximum(p - q, 0)
 
 
-@torch.inference_mode()
 def speculative_generate(
     target,
     draft,
-    input_ids: list[int] | torch.Tensor,
+    input_ids,
     k: int | str = DEFAULT_K,
     *,
     params: SamplingParams | None = None,
@@ -145,7 +268,9 @@ def speculative_generate(
 ) -> SpeculativeResult:
     """Continue one prompt with `target`, drafting with `draft`; keyword sampling options as SamplingParams.
 
-    Returns the new tokens and `SpeculativeStats`. EOS ids default to the target config's.
+    `target` and `draft` are two HF causal LMs or two `NativeEngine`s; `input_ids` a list of ids or
+    a [1, T] / [T] tensor or array. Returns the new tokens and `SpeculativeStats`. EOS ids default
+    to the target config's.
     """
     if params is None:
         from stentor.infer.api import sampling_params
@@ -157,28 +282,34 @@ def speculative_generate(
     if not adaptive and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise StentorError(f"draft length k must be a positive integer or 'adaptive', got {k!r}")
     check_compatible(target, draft, target_tokenizer, draft_tokenizer)
-    prompt = input_ids.reshape(-1).tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
-    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[0] != 1:
+    prompt = [int(t) for t in (input_ids.reshape(-1).tolist() if hasattr(input_ids, "reshape") else input_ids)]
+    if getattr(input_ids, "ndim", 1) == 2 and input_ids.shape[0] != 1:
         raise StentorError("speculative decoding takes one prompt at a time (batch 1)")
     if not prompt:
         raise StentorError("empty prompt: give at least one token (e.g. the BOS token)")
-    context = min(target.config.max_position_embeddings, draft.config.max_position_embeddings)
+    context = min(_context(target), _context(draft))
     budget = min(params.max_new_tokens, context - len(prompt))
     if budget <= 0:
         raise StentorError(f"the prompt of {len(prompt)} tokens fills the {context}-token context; shorten it")
+    native = not hasattr(target, "config")
     if eos_ids is None:
-        eos = target.config.eos_token_id
+        eos = target.weights.config.get("eos_token_id") if native else target.config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-    from transformers import DynamicCache
+    pair = (_NativePair if native else _TorchPair)(target, draft, params, _vocab_size(target))
+    if native:
+        return _decode(pair, prompt, budget, params, eos_ids, k, max_k)
+    import torch
 
-    vocab = target.config.vocab_size
-    pipelines = _Pipelines(params, vocab)
-    generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+    with torch.inference_mode():
+        return _decode(pair, prompt, budget, params, eos_ids, k, max_k)
+
+
+def _decode(pair, prompt: list[int], budget: int, params: SamplingParams, eos_ids, k, max_k: int) -> SpeculativeResult:
+    """The draft-and-verify loop over either pair of models (see the module docstring)."""
+    adaptive = k == "adaptive"
     greedy = not params.do_sample
     committed, out = list(prompt), []
-    seen = torch.zeros(1, vocab, dtype=torch.bool)
-    seen[0, prompt] = True
-    t_cache, d_cache = DynamicCache(), DynamicCache()
+    seen = pair.seen(prompt)
     stats = SpeculativeStats()
     k_now = DEFAULT_K if adaptive else k
     start = time.perf_counter()
@@ -186,45 +317,40 @@ def speculative_generate(
         steps = min(k_now, budget - len(out) - 1)
         # Draft: k tokens, each from its processed distribution given everything before it.
         drafts, q_rows = [], []
-        d_seen = seen.clone()
-        feed = committed[d_cache.get_seq_length() :]
+        feed = committed[pair.cached(1) :]
         for _ in range(steps):
-            scores = pipelines.scores(_forward(draft, feed, d_cache)[-1:], d_seen)
+            d_seen = pair.with_drafts(seen, drafts)[-1:]
+            logits = pair.logits(1, feed)[-1:]
             if greedy:
-                token = int(scores.argmax())
+                token = pair.greedy(logits, d_seen)[0]
             else:
-                q = pipelines.probs(scores)[0]
-                token = _sample(q, generator)
+                q = pair.probs(logits, d_seen)[0]
+                token = pair.pick(q)
                 q_rows.append(q)
             drafts.append(token)
-            d_seen[0, token] = True
             feed = [token]
         stats.draft_calls += steps
         # Target: one forward over the last committed token and the drafts -> steps + 1 distributions.
-        t_logits = _forward(target, committed[t_cache.get_seq_length() :] + drafts, t_cache)[-(steps + 1) :]
-        t_seen = seen.repeat(steps + 1, 1)
-        for j, token in enumerate(drafts):
-            t_seen[j + 1 :, token] = True
-        t_scores = pipelines.scores(t_logits, t_seen)
+        t_logits = pair.logits(0, committed[pair.cached(0) :] + drafts)[-(steps + 1) :]
+        t_seen = pair.with_drafts(seen, drafts)
         kept = 0
         if greedy:
-            choice = t_scores.argmax(dim=-1).tolist()
+            choice = pair.greedy(t_logits, t_seen)
             while kept < steps and drafts[kept] == choice[kept]:
                 kept += 1
             extra = choice[kept]
         else:
-            p_rows = pipelines.probs(t_scores)
+            p_rows = pair.probs(t_logits, t_seen)
             extra = None
             for j, token in enumerate(drafts):
-                u = torch.rand((), generator=generator)
-                if u * q_rows[j][token] < p_rows[j][token]:
+                if pair.uniform() * q_rows[j][token] < p_rows[j][token]:
                     kept += 1
                     continue
-                residual = (p_rows[j] - q_rows[j]).clamp(min=0)
-                extra = _sample(residual if residual.sum() > 0 else p_rows[j], generator)
+                residual = pair.residual(p_rows[j], q_rows[j])
+                extra = pair.pick(residual if residual.sum() > 0 else p_rows[j])
                 break
             if extra is None:  # every draft token kept: a bonus token from the target
-                extra = _sample(p_rows[steps], generator)
+                extra = pair.pick(p_rows[steps])
         stats.target_calls += 1
         stats.proposed += steps
         stats.accepted += kept
@@ -236,8 +362,8 @@ def speculative_generate(
         out += new
         seen[0, new] = True
         # Caches keep every committed token but the last (it is fed on the next step).
-        _trim(t_cache, len(committed) - 1)
-        _trim(d_cache, len(committed) - 1)
+        pair.trim(0, len(committed) - 1)
+        pair.trim(1, len(committed) - 1)
         stats.k_history.append(steps)
         if adaptive and steps == k_now:
             k_now = min(k_now + 1, max_k) if kept == steps else max(1, k_now - 1) if kept < steps / 2 else k_now
@@ -273,12 +399,16 @@ def generate_with_draft(lm, draft_path: str, prompt: str, k: str | int, *, chat:
         raise StentorError("--draft produces one sample at a time; drop -n/--num-samples")
     if params.suppress_replacement_tokens:
         raise StentorError("--suppress-replacement is not available with --draft; drop one of them")
-    draft = load(draft_path, engine="hf")
+    draft = load(draft_path, engine="stentor" if lm.backend == "NativeEngine" else "hf")
     ids = lm.encode(prompt, chat=chat, max_new_tokens=params.max_new_tokens)
-    result = speculative_generate(
-        lm.model, draft.model, ids, k, params=params, eos_ids=lm.eos_ids,
-        target_tokenizer=lm.hf_tokenizer, draft_tokenizer=draft.tokenizer,
-    )
+    if lm.backend == draft.backend == "NativeEngine":  # both on the compiled runtime
+        models = lm.engine, draft.engine
+        same_kind = hasattr(lm.tokenizer, "get_vocab") == hasattr(draft.tokenizer, "get_vocab")
+        tokenizers = (lm.tokenizer, draft.tokenizer) if same_kind else (lm.hf_tokenizer, draft.hf_tokenizer)
+    else:
+        models, tokenizers = (lm.model, draft.model), (lm.hf_tokenizer, draft.hf_tokenizer)
+    result = speculative_generate(*models, ids, k, params=params, eos_ids=lm.eos_ids,
+                                  target_tokenizer=tokenizers[0], draft_tokenizer=tokenizers[1])
     text = lm.tokenizer.decode([t for t in result.tokens if t not in lm.eos_ids], skip_special_tokens=True)
     print((prompt if echo else "") + text)
     print(f"speculative decoding: {result.stats.summary()}", file=sys.stderr)
