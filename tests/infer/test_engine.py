@@ -13,6 +13,8 @@ from stentor.infer.sampling import SamplingParams
 from stentor.model.build import build_model
 from stentor.model.presets import get_preset
 
+from engine_helpers import decode_rows
+
 PRESETS = ["stentor2-tiny", "stentor2-tiny-gqa"]
 
 
@@ -33,17 +35,6 @@ def hf_generate(model, prompt: list[int], seed: int | None = None, n: int = 1, *
     return out[:, len(prompt) :].tolist()
 
 
-def ours(engine: Engine, prompts: list[list[int]], params: SamplingParams, **kwargs) -> list[list[int]]:
-    rows: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    for step in engine.generate(prompts, params, **kwargs):
-        for i, token in enumerate(step.tokens):
-            if not done[i]:
-                rows[i].append(token)
-            done[i] = step.finished[i]
-    return rows
-
-
 def test_logits_match_hf_with_left_padding(pair):
     model, engine = pair
     ids = torch.randint(0, 8000, (3, 24), generator=torch.Generator().manual_seed(1))
@@ -62,7 +53,7 @@ def test_greedy_tokens_equal_hf_generate(pair, penalty):
     prompt = torch.randint(0, 8000, (17,), generator=torch.Generator().manual_seed(2)).tolist()
     expected = hf_generate(model, prompt, do_sample=False, repetition_penalty=penalty, max_new_tokens=24)
     params = SamplingParams(greedy=True, repetition_penalty=penalty, max_new_tokens=24, stop_at_eos=False)
-    assert ours(engine, [prompt], params) == expected
+    assert decode_rows(engine, [prompt], params) == expected
 
 
 @pytest.mark.parametrize(
@@ -88,7 +79,7 @@ def test_seeded_sampling_equals_hf_generate(pair, settings):
         repetition_penalty=params.repetition_penalty,
         max_new_tokens=24,
     )
-    assert ours(engine, [prompt], params) == expected
+    assert decode_rows(engine, [prompt], params) == expected
 
 
 def test_num_samples_equal_hf_num_return_sequences(pair):
@@ -96,7 +87,7 @@ def test_num_samples_equal_hf_num_return_sequences(pair):
     prompt = list(range(300, 310))
     expected = hf_generate(model, prompt, seed=3, n=3, do_sample=True, temperature=0.8, top_p=0.7, top_k=0,
                            repetition_penalty=1.2, max_new_tokens=12)
-    got = ours(engine, [prompt] * 3, SamplingParams(seed=3, max_new_tokens=12, stop_at_eos=False))
+    got = decode_rows(engine, [prompt] * 3, SamplingParams(seed=3, max_new_tokens=12, stop_at_eos=False))
     assert got == expected
     assert len({tuple(row) for row in got}) > 1
 
@@ -105,8 +96,8 @@ def test_left_padded_batch_rows_equal_single_runs(pair):
     _, engine = pair
     prompts = [list(range(5, 30)), [7, 8, 9], list(range(1000, 1012))]
     params = SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False)
-    batched = ours(engine, prompts, params)
-    assert batched == [ours(engine, [p], params)[0] for p in prompts]
+    batched = decode_rows(engine, prompts, params)
+    assert batched == [decode_rows(engine, [p], params)[0] for p in prompts]
 
 
 def test_per_row_settings_in_one_batch(pair):
@@ -114,18 +105,18 @@ def test_per_row_settings_in_one_batch(pair):
     prompts = [list(range(40, 50)), list(range(60, 66))]
     rows = [SamplingParams(greedy=True, max_new_tokens=12, stop_at_eos=False),
             SamplingParams(seed=5, max_new_tokens=7, stop_at_eos=False, top_k=5)]
-    batched = ours(engine, prompts, rows)
+    batched = decode_rows(engine, prompts, rows)
     assert [len(r) for r in batched] == [12, 7]
-    assert batched[0] == ours(engine, prompts[:1], rows[0])[0]
-    assert batched[1] == ours(engine, prompts[1:], rows[1])[0]
+    assert batched[0] == decode_rows(engine, prompts[:1], rows[0])[0]
+    assert batched[1] == decode_rows(engine, prompts[1:], rows[1])[0]
 
 
 def test_stops_at_eos(pair):
     _, engine = pair
     prompt = list(range(200, 210))
-    free = ours(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False))[0]
+    free = decode_rows(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False))[0]
     eos = free[6]
-    stopped = ours(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30), eos_ids={eos})[0]
+    stopped = decode_rows(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30), eos_ids={eos})[0]
     assert stopped == free[: free.index(eos) + 1]
 
 

@@ -19,6 +19,8 @@ from stentor.infer.sampling import LogitsPipeline
 from stentor.model.build import build_model
 from stentor.model.presets import get_preset
 
+from engine_helpers import decode_rows
+
 WORDS = ["the", "and", "ing", "Hello", "world", "history", "of", "computing", "school", "once", "upon", "time"]
 
 
@@ -26,17 +28,6 @@ WORDS = ["the", "and", "ing", "Hello", "world", "history", "of", "computing", "s
 def pair(request):
     model = build_model(get_preset(request.param), seed=0).eval()
     return model, NativeEngine(Weights.from_model(model), threads=2)
-
-
-def decode(engine, prompts, params, **kwargs) -> list[list[int]]:
-    rows: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    for step in engine.generate(prompts, params, **kwargs):
-        for i, token in enumerate(step.tokens):
-            if not done[i]:
-                rows[i].append(token)
-            done[i] = step.finished[i]
-    return rows
 
 
 def test_logits_match_hf(pair):
@@ -56,7 +47,7 @@ def test_greedy_tokens_equal_hf_generate(pair, penalty):
                                   do_sample=False, repetition_penalty=penalty, max_new_tokens=40,
                                   eos_token_id=None, pad_token_id=0)[0, 17:].tolist()
     params = SamplingParams(greedy=True, repetition_penalty=penalty, max_new_tokens=40, stop_at_eos=False)
-    assert decode(engine, [prompt], params) == [expected]
+    assert decode_rows(engine, [prompt], params) == [expected]
 
 
 def test_rows_at_different_positions_equal_single_runs(pair):
@@ -65,23 +56,23 @@ def test_rows_at_different_positions_equal_single_runs(pair):
     rows = [SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False),
             SamplingParams(greedy=True, max_new_tokens=9, stop_at_eos=False),
             SamplingParams(seed=5, max_new_tokens=20, stop_at_eos=False, top_k=5)]
-    batched = decode(engine, prompts, rows)
+    batched = decode_rows(engine, prompts, rows)
     assert [len(r) for r in batched] == [30, 9, 20]
-    assert batched[:2] == [decode(engine, [p], r)[0] for p, r in zip(prompts[:2], rows[:2])]
+    assert batched[:2] == [decode_rows(engine, [p], r)[0] for p, r in zip(prompts[:2], rows[:2])]
 
 
 def test_seeded_sampling_is_reproducible_and_samples_differ(pair):
     _, engine = pair
     params = SamplingParams(seed=3, max_new_tokens=16, stop_at_eos=False)
-    first = decode(engine, [list(range(300, 310))] * 3, params)
-    assert first == decode(engine, [list(range(300, 310))] * 3, params)
+    first = decode_rows(engine, [list(range(300, 310))] * 3, params)
+    assert first == decode_rows(engine, [list(range(300, 310))] * 3, params)
     assert len({tuple(row) for row in first}) > 1
 
 
 def test_stops_at_eos_and_finished_rows_leave(pair):
     _, engine = pair
     prompt = list(range(200, 210))
-    free = decode(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False))[0]
+    free = decode_rows(engine, [prompt], SamplingParams(greedy=True, max_new_tokens=30, stop_at_eos=False))[0]
     eos = free[6]
     steps = list(engine.generate([prompt, prompt[:4]], SamplingParams(greedy=True, max_new_tokens=30),
                                  eos_ids={eos}, pad_id=-1))
