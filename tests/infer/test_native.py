@@ -238,3 +238,43 @@ def test_stentor_tokenizer_fast_paths_equal_transformers_own(stentor_dir):
     text = "hi <|user|> there"
     assert tok.tokenize(text) == PreTrainedTokenizer.tokenize(tok, text) and "<|user|>" in tok.tokenize(text)
     assert tok.convert_tokens_to_ids("<|user|>") in tok(text)["input_ids"]
+
+
+def test_engines_used_from_two_threads_at_once_give_their_own_results(pair):
+    """ctypes drops the GIL: concurrent calls take turns on the one thread pool instead of corrupting it."""
+    import threading
+
+    model, _ = pair
+    engines = [NativeEngine(Weights.from_model(model), threads=t) for t in (2, 1)]  # two pool sizes, too
+    params = SamplingParams(greedy=True, max_new_tokens=40, stop_at_eos=False)
+    prompts = [list(range(10, 30)), list(range(500, 507))]
+    expected = [decode_rows(e, [p], params)[0] for e, p in zip(engines, prompts)]
+    got: list = [None, None]
+
+    def run(i: int) -> None:
+        got[i] = [decode_rows(engines[i], [prompts[i]], params)[0] for _ in range(5)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert got == [[expected[0]] * 5, [expected[1]] * 5]
+
+
+def test_a_forked_child_runs_single_threaded_instead_of_hanging(pair):
+    import multiprocessing
+
+    model, engine = pair
+    engine.lib.st_set_threads(2)
+    params = SamplingParams(greedy=True, max_new_tokens=12, stop_at_eos=False)
+    prompt = list(range(40, 52))
+    expected = decode_rows(engine, [prompt], params)[0]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=lambda: queue.put(decode_rows(engine, [prompt], params)[0]))
+    child.start()
+    child.join(60)
+    if child.is_alive():  # the hang this test is about: do not leave it behind
+        child.kill()
+    assert child.exitcode == 0 and queue.get(timeout=5) == expected

@@ -417,13 +417,27 @@ static void stop_pool(void) {
     pool.nthreads = 1;
 }
 
+/* One job at a time in the process: ctypes releases the GIL, so two Python threads (or two engines)
+ * may call in at once; they take turns here. Held by run_job and st_set_threads. */
+static pthread_mutex_t job_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* A forked child has only the forking thread: it runs single-threaded, with fresh locks. */
+static void after_fork_in_child(void) {
+    pool.nthreads = 1;
+    atomic_store(&pool.quit, 0);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pthread_mutex_init(&job_lock, NULL);
+}
+
 /* Set the number of threads (the caller counts as one); returns the number in use. */
 int st_set_threads(int n) {
     static int picked = 0;
-    if (!picked) { pick_kernels(); picked = 1; }
+    if (!picked) { pick_kernels(); pthread_atfork(NULL, NULL, after_fork_in_child); picked = 1; }
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
-    if (n == pool.nthreads) return n;
+    pthread_mutex_lock(&job_lock);
+    if (n == pool.nthreads) { pthread_mutex_unlock(&job_lock); return n; }
     stop_pool();
     atomic_store(&pool.bar_count, 0);
     atomic_store(&pool.bar_sense, 0);
@@ -434,7 +448,9 @@ int st_set_threads(int n) {
         if (pthread_create(&pool.threads[t], NULL, worker_main, (void *)(intptr_t)t) != 0) break;
         pool.nthreads = t + 1;
     }
-    return pool.nthreads;
+    n = pool.nthreads;
+    pthread_mutex_unlock(&job_lock);
+    return n;
 }
 
 static void run_job(job_fn fn, void *arg) {
@@ -608,11 +624,14 @@ int64_t st_scratch_floats(const st_model *m, int n, int n_out) {
 }
 
 /* One forward step over `n` rows (token, KV slot, position each); logits of `out_rows`.
- * Returns 0, or -1 when a position is outside the cache or a token outside the vocabulary. */
+ * Returns 0; -1 when a position is outside the cache or a token outside the vocabulary; -2 when
+ * `scratch_size` floats are fewer than st_scratch_floats asks (the thread count changed: ask again). */
 int st_forward(const st_model *m, int n, const int32_t *tokens, const int32_t *slots, const int32_t *pos, int n_out,
-               const int32_t *out_rows, float *logits, float *scratch) {
+               const int32_t *out_rows, float *logits, float *scratch, int64_t scratch_size) {
     for (int r = 0; r < n; r++)
         if (pos[r] < 0 || pos[r] >= m->capacity || pos[r] >= m->max_pos || tokens[r] < 0 || tokens[r] >= m->vocab) return -1;
+    pthread_mutex_lock(&job_lock);
+    if (scratch_size < st_scratch_floats(m, n, n_out)) { pthread_mutex_unlock(&job_lock); return -2; }
     int64_t H = m->hidden, T = pool.nthreads;
     int64_t qd = (int64_t)m->n_heads * m->head_dim, kvd = (int64_t)m->n_kv * m->head_dim;
     fwd_args f = {.m = m, .n = n, .tokens = tokens, .slots = slots, .pos = pos, .n_out = n_out, .out_rows = out_rows, .logits = logits};
@@ -628,6 +647,7 @@ int st_forward(const st_model *m, int n, const int32_t *tokens, const int32_t *s
     f.scores = p; p += T * m->capacity;
     f.xf = p;
     run_job(forward_job, &f);
+    pthread_mutex_unlock(&job_lock);
     return 0;
 }
 

@@ -80,7 +80,7 @@ def library() -> ctypes.CDLL:
                 p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
                 lib.st_set_threads.argtypes, lib.st_set_threads.restype = [i32], i32
                 lib.st_scratch_floats.argtypes, lib.st_scratch_floats.restype = [p, i32, i32], i64
-                lib.st_forward.argtypes, lib.st_forward.restype = [p, i32, p, p, p, i32, p, p, p], i32
+                lib.st_forward.argtypes, lib.st_forward.restype = [p, i32, p, p, p, i32, p, p, p, i64], i32
                 lib.st_sample.argtypes, lib.st_sample.restype = [i32, i32, p, p, p, p, p, p, p, p], None
                 lib.st_probs.argtypes, lib.st_probs.restype = [i32, i32, p, p, p, p, p, p], None
                 _LIB = lib
@@ -281,12 +281,14 @@ class NativeEngine:
         """Run one token per row (KV slot, position each); logits [len(out_rows), V] of the chosen rows."""
         tokens, slots, positions, out_rows = (np.ascontiguousarray(a, dtype=np.int32) for a in (tokens, slots, positions, out_rows))
         n, n_out = len(tokens), len(out_rows)
-        need = self.lib.st_scratch_floats(ctypes.byref(self._model), n, n_out)
-        if self._scratch.size < need:
-            self._scratch = np.empty(need, dtype=np.float32)
         logits = np.empty((n_out, self.vocab_size), dtype=np.float32)
-        status = self.lib.st_forward(ctypes.byref(self._model), n, _ptr(tokens), _ptr(slots), _ptr(positions), n_out,
-                                     _ptr(out_rows), _ptr(logits), _ptr(self._scratch))
+        status = -2
+        while status == -2:  # the scratch is sized for the thread count, which another engine may change
+            need = self.lib.st_scratch_floats(ctypes.byref(self._model), n, n_out)
+            if self._scratch.size < need:
+                self._scratch = np.empty(need, dtype=np.float32)
+            status = self.lib.st_forward(ctypes.byref(self._model), n, _ptr(tokens), _ptr(slots), _ptr(positions),
+                                         n_out, _ptr(out_rows), _ptr(logits), _ptr(self._scratch), self._scratch.size)
         if status:
             raise StentorError(f"a token id outside [0, {self.vocab_size}) or a position outside the context")
         return logits
