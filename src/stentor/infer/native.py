@@ -372,32 +372,54 @@ class NativeEngine:
         guarded = np.array([p.suppress_replacement_tokens for p in rows])
         states = guard.start(prompts) if guard is not None and guarded.any() else None
         draw = _uniforms(rows)
-
-        active = np.arange(batch, dtype=np.int32)
-        count = np.zeros(batch, dtype=np.int64)
+        # Per-call arrays, passed to C by address: each `.ctypes.data` costs about a microsecond and a
+        # step would make ~20 of them. `active` holds the slots of the unfinished rows, compacted.
+        active, tokens, positions = np.arange(batch, dtype=np.int32), np.empty(batch, np.int32), np.empty(batch, np.int32)
+        out_rows, chosen, uniform = np.arange(batch, dtype=np.int32), np.empty(batch, np.int32), np.empty(batch)
+        logits = np.ascontiguousarray(logits)
+        need = self.lib.st_scratch_floats(ctypes.byref(self._model), batch, batch)
+        if self._scratch.size < need:
+            self._scratch = np.empty(need, dtype=np.float32)
+        model, lib = ctypes.addressof(self._model), self.lib
+        p_active, p_tokens, p_positions, p_rows, p_chosen, p_uniform, p_logits, p_seen, p_work = (
+            a.ctypes.data for a in (active, tokens, positions, out_rows, chosen, uniform, logits, seen, self._work))
+        count = [0] * batch
         finished = [False] * batch
-        tokens_out = np.full(batch, pad_id, dtype=np.int32)
+        n = batch
         while True:
-            banned = None
+            banned, p_banned = None, None
             if states is not None:
-                last = count + 1 >= np.array(budget)
+                last = np.array(count) + 1 >= np.array(budget)
                 banned = np.ascontiguousarray((guard.mask(states, last) & guarded[:, None]).astype(np.uint8))
-            params_active = table if len(active) == batch else (_Params * len(active))(*[table[i] for i in active])
-            chosen = self._sample(logits, active, seen, banned, params_active, draw(active))
-            tokens_out[active] = chosen
+                p_banned = banned.ctypes.data
+            params_now = table if n == batch else (_Params * n)(*[table[i] for i in active[:n].tolist()])
+            uniform[:n] = draw(active[:n])
+            lib.st_sample(n, V, p_logits, p_active, p_seen, p_banned, ctypes.addressof(params_now), p_uniform,
+                          p_chosen, p_work)
+            slots, picked = active[:n].tolist(), chosen[:n].tolist()
             if states is not None:
-                states[active] = guard.advance(states[active], chosen)
-            for i, token in zip(active.tolist(), chosen.tolist()):
+                states[active[:n]] = guard.advance(states[active[:n]], chosen[:n])
+            step = [pad_id] * batch
+            for i, token in zip(slots, picked):
+                step[i] = token
                 count[i] += 1
                 if (rows[i].stop_at_eos and token in eos_ids) or count[i] >= budget[i]:
                     finished[i] = True
-            yield Step(tokens_out.tolist(), list(finished))
+            yield Step(step, list(finished))
             if all(finished):
                 return
-            keep = np.array([not finished[i] for i in active])
-            active, chosen = active[keep], chosen[keep]
-            tokens_out[:] = pad_id
-            logits = self.forward(chosen, active, lengths[active] + count[active] - 1, np.arange(len(active)))
+            keep = [k for k, i in enumerate(slots) if not finished[i]]
+            if len(keep) < n:
+                active[: len(keep)], chosen[: len(keep)] = active[keep], chosen[keep]
+                n = len(keep)
+            tokens[:n] = chosen[:n]
+            positions[:n] = [lengths[i] + count[i] - 1 for i in active[:n].tolist()]
+            status = lib.st_forward(model, n, p_tokens, p_active, p_positions, n, p_rows, p_logits,
+                                    self._scratch.ctypes.data, self._scratch.size)
+            if status == -2:  # another engine changed the thread count: the general path re-sizes the scratch
+                logits[:n] = self.forward(tokens[:n], active[:n], positions[:n], out_rows[:n])
+            elif status:
+                raise StentorError("a position outside the context")
 
 
 def _param_table(rows: list[SamplingParams]):
