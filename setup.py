@@ -8,7 +8,8 @@ import sys
 
 from setuptools import Extension, setup
 
-flags = [] if sys.platform == "win32" else ["-O3", "-std=c11", "-fno-math-errno", "-pthread"]
+# -fno-wrapv: Python's own CFLAGS carry -fwrapv, which keeps GCC from vectorizing the sampler's index loops (2x slower)
+flags = [] if sys.platform == "win32" else ["-O3", "-std=c11", "-fno-math-errno", "-fno-wrapv", "-pthread"]
 setup(
     ext_modules=[
         Extension(
