@@ -278,3 +278,4 @@ def test_a_forked_child_runs_single_threaded_instead_of_hanging(pair):
     if child.is_alive():  # the hang this test is about: do not leave it behind
         child.kill()
     assert child.exitcode == 0 and queue.get(timeout=5) == expected
+
