@@ -279,3 +279,20 @@ def test_a_forked_child_runs_single_threaded_instead_of_hanging(pair):
         child.kill()
     assert child.exitcode == 0 and queue.get(timeout=5) == expected
 
+
+
+@pytest.mark.parametrize("layout", ["bfloat16", "float16", "sharded"])
+def test_half_precision_and_sharded_directories_map_exactly(layout, tmp_path):
+    """bf16/fp16 weights widen to the float32 HF computes with; a sharded save maps through its index."""
+    model = build_model(get_preset("stentor2-tiny"), seed=0).eval()
+    if layout == "sharded":
+        model.save_pretrained(tmp_path, max_shard_size="300KB")
+        assert (tmp_path / "model.safetensors.index.json").is_file()
+    else:
+        model.to(getattr(torch, layout)).save_pretrained(tmp_path)
+        model = model.float()
+    engine = NativeEngine(Weights.from_dir(tmp_path), threads=1)
+    ids = torch.randint(0, 8000, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = model(ids).logits.numpy()
+    assert np.abs(engine.logits(ids.numpy()) - reference).max() <= 1e-4
