@@ -122,7 +122,8 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from stentor.eval.loading import load_model, load_tokenizer
-    from stentor.export.quantize import load_quantized, quantize_dir
+    from stentor.export.quantize import quantize_dir
+    from stentor.model.quantized import load_quantized
 
     hf_logging.disable_progress_bar()
     model_dir = args.model or quick_model(args.work, args.preset, args.train_seconds)

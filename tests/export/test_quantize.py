@@ -11,15 +11,9 @@ from safetensors import safe_open
 from stentor.cli import main
 from stentor.errors import StentorError
 from stentor.model.loading import load_model
-from stentor.export.quantize import (
-    Int4Linear,
-    Int8DynamicLinear,
-    Int8Linear,
-    QuantConfig,
-    is_quantized_dir,
-    load_quantized,
-    quantize_dir,
-)
+from stentor.export.quantize import quantize_dir
+from stentor.model.quant_format import QuantConfig, is_quantized_dir
+from stentor.model.quantized import Int4Linear, Int8DynamicLinear, Int8Linear, load_quantized
 
 # Relative logit error allowed against the float model (random-init tiny model, 8-bit vs 4-bit weights).
 TOLERANCE = {"int8": 0.03, "int8-dynamic": 0.04, "int4": 0.15}
@@ -129,7 +123,6 @@ def dequantized_copy(model):
 
     from torch import nn
 
-    from stentor.export.quantize import Int4Linear, Int8Linear
 
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):

@@ -9,18 +9,17 @@ lists below are plain data for the same reason (the CLI builds its choices from 
 """
 
 from stentor.lazy import lazy_exports
+from stentor.model.quant_format import GROUP_SIZES, QUANT_METHODS
 
-QUANT_METHODS = ("int8", "int8-dynamic", "int4")
-GROUP_SIZES = (32, 64, 128)
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 
 _EXPORTS = {
-    "QuantConfig": "stentor.export.quantize",
+    "QuantConfig": "stentor.model.quant_format",
     "quantize_model": "stentor.export.quantize",
     "quantize_dir": "stentor.export.quantize",
     "save_quantized": "stentor.export.quantize",
-    "load_quantized": "stentor.export.quantize",
-    "is_quantized_dir": "stentor.export.quantize",
+    "load_quantized": "stentor.model.quantized",
+    "is_quantized_dir": "stentor.model.quant_format",
     "export_gguf": "stentor.export.gguf",
     "write_gguf": "stentor.export.gguf",
     "read_gguf": "stentor.export.gguf",

@@ -266,7 +266,7 @@ def export_gguf(
     """`stentor export gguf`: load a float model directory and its tokenizer, write and verify the file."""
     from stentor.eval.loading import load_tokenizer
     from stentor.model.loading import load_model
-    from stentor.export.quantize import is_quantized_dir
+    from stentor.model.quant_format import is_quantized_dir
     from stentor.fileio import ensure_writable_dir
 
     if dtype not in DTYPES:

@@ -198,7 +198,7 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, tokens: int = CHECK_T
 def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 17) -> OnnxReport:
     """`stentor export onnx`: write OUT/model.onnx beside the config and tokenizer files, verified."""
     from stentor.model.loading import load_model
-    from stentor.export.quantize import is_quantized_dir
+    from stentor.model.quant_format import is_quantized_dir
     from stentor.fileio import ensure_writable_dir
 
     if not 14 <= opset <= 20:

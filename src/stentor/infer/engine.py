@@ -31,7 +31,7 @@ from stentor.infer.decoding import SamplingParams, Step, fit_prompt, plan_rows
 from stentor.infer.sampling import LogitsPipeline
 from stentor.infer.text import Utf8Guard
 
-Weight = torch.Tensor | torch.nn.Module  # an fp32 [in, out] matrix, or a quantized Linear from stentor.export
+Weight = torch.Tensor | torch.nn.Module  # an fp32 [in, out] matrix, or a quantized Linear (stentor.model.quantized)
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Engine:
         attn, mlp = layer.self_attn, layer.mlp
 
         def cat_t(*linears) -> tuple[Weight, torch.Tensor | None]:
-            if not isinstance(linears[0], torch.nn.Linear):  # quantized (stentor.export): fuse its own way
+            if not isinstance(linears[0], torch.nn.Linear):  # quantized (stentor.model.quantized): fuse its own way
                 return type(linears[0]).cat(list(linears)), None
             weight = cast(torch.cat([lin.weight for lin in linears]).t())
             has_bias = linears[0].bias is not None

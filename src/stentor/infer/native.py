@@ -25,6 +25,7 @@ import numpy as np
 
 from stentor.errors import StentorError
 from stentor.infer.decoding import SamplingParams, Step, fit_prompt, plan_rows
+from stentor.model.quant_format import QUANT_METHOD
 
 
 class Unsupported(StentorError):
@@ -123,7 +124,7 @@ def check_config(config: dict) -> None:
     if heads % kv or head_dim % 2:
         raise Unsupported(f"{heads} heads over {kv} KV heads of width {head_dim}")
     quant = config.get("quantization_config")
-    if quant and (quant.get("quant_method") != "stentor" or quant.get("method") != "int8"):
+    if quant and (quant.get("quant_method") != QUANT_METHOD or quant.get("method") != "int8"):
         raise Unsupported(f"quantization {quant.get('method', quant.get('quant_method'))!r} (the runtime runs int8)")
 
 

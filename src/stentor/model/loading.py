@@ -21,7 +21,8 @@ def load_model(spec: str | os.PathLike, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stentor.export.quantize import is_quantized_dir, load_quantized
+    from stentor.model.quant_format import is_quantized_dir
+    from stentor.model.quantized import load_quantized
 
     spec = os.fspath(spec)
     path = Path(spec).expanduser()
