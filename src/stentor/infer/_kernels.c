@@ -473,6 +473,13 @@ static inline void split(int n, int tid, int nthreads, int *lo, int *hi) {
     *hi = (int)((int64_t)n * (tid + 1) / nthreads);
 }
 
+/* This thread's share of a matrix's rows, in whole blocks of four (the last thread takes the rest). */
+static inline void split_rows(int n, int tid, int nthreads, int *lo, int *hi) {
+    split(n, tid, nthreads, lo, hi);
+    *lo &= ~3;
+    if (tid + 1 < nthreads) *hi &= ~3;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* the forward pass                                                                             */
 
@@ -498,9 +505,7 @@ ST_HOT static void rms_norm(const float *x, const float *w, float *out, int n, f
  * inputs (prefill reads the inputs from cache instead); blocks of four stay whole across threads. */
 static void matmul(const st_mat *m, const float *in, int n, float *out, int accumulate, int tid, int nt) {
     int lo, hi, cols = m->cols;
-    split(m->rows, tid, nt, &lo, &hi);
-    lo &= ~3;
-    if (tid + 1 < nt) hi &= ~3;
+    split_rows(m->rows, tid, nt, &lo, &hi);
     int j = lo;
     float v[4];
     for (; j + 4 <= hi; j += 4)
@@ -602,9 +607,7 @@ ST_HOT static void forward_job(void *arg, int tid, int nt) {
         for (int r = 0; r < n; r++) rms_norm(f->x + (size_t)r * H, L->ffn_norm, y + (size_t)r * H, H, m->eps);
         matmul(&L->gate, y, n, f->h, 0, tid, nt);
         matmul(&L->up, y, n, f->u, 0, tid, nt);
-        split(I, tid, nt, &lo, &hi);
-        lo &= ~3;
-        if (tid + 1 < nt) hi &= ~3;
+        split_rows(I, tid, nt, &lo, &hi); /* the rows gate and up were just split into */
         for (int r = 0; r < n; r++) silu_mul(f->h + (size_t)r * I + lo, f->u + (size_t)r * I + lo, hi - lo);
         barrier(tid);
         matmul(&L->down, f->h, n, f->x, 1, tid, nt);

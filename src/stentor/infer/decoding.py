@@ -65,7 +65,6 @@ class SamplingParams:
         return replace(self, **changes)
 
 
-
 @dataclass
 class Step:
     """One decode step: the new token of every row and which rows are finished (EOS or length)."""

@@ -197,7 +197,6 @@ class Weights:
         self.final_norm = vector("model.norm.weight", H)
         theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
         self.cos, self.sin = self._rope(float(theta))
-        self.int8 = self.lm_head.type == 1 or layers[0].q.type == 1
 
     def _hold(self, array: np.ndarray) -> np.ndarray:
         self._keep.append(array)
@@ -220,7 +219,6 @@ class Weights:
             config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise StentorError(f"cannot read {model_dir / 'config.json'}: {exc}") from None
-        check_config(config)
         tensors, kinds = map_model_tensors(model_dir)
         try:
             generation = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
@@ -235,7 +233,6 @@ class Weights:
         quant = getattr(model, "stentor_quantization", None)
         if quant is not None:
             config["quantization_config"] = quant.to_dict()
-        check_config(config)
         tensors = {}
         for name, tensor in model.state_dict().items():
             tensor = tensor.detach()
@@ -281,18 +278,23 @@ class NativeEngine:
     def forward(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, out_rows: np.ndarray) -> np.ndarray:
         """Run one token per row (KV slot, position each); logits [len(out_rows), V] of the chosen rows."""
         tokens, slots, positions, out_rows = (np.ascontiguousarray(a, dtype=np.int32) for a in (tokens, slots, positions, out_rows))
-        n, n_out = len(tokens), len(out_rows)
-        logits = np.empty((n_out, self.vocab_size), dtype=np.float32)
+        logits = np.empty((len(out_rows), self.vocab_size), dtype=np.float32)
+        self._forward(len(tokens), _ptr(tokens), _ptr(slots), _ptr(positions), len(out_rows), _ptr(out_rows),
+                      _ptr(logits))
+        return logits
+
+    def _forward(self, n: int, tokens: int, slots: int, positions: int, n_out: int, out_rows: int, logits: int) -> None:
+        """st_forward on array addresses, with a scratch sized for the current thread count (which another
+        engine may change: the call then reports -2 and is made again)."""
         status = -2
-        while status == -2:  # the scratch is sized for the thread count, which another engine may change
+        while status == -2:
             need = self.lib.st_scratch_floats(ctypes.byref(self._model), n, n_out)
             if self._scratch.size < need:
                 self._scratch = np.empty(need, dtype=np.float32)
-            status = self.lib.st_forward(ctypes.byref(self._model), n, _ptr(tokens), _ptr(slots), _ptr(positions),
-                                         n_out, _ptr(out_rows), _ptr(logits), _ptr(self._scratch), self._scratch.size)
+            status = self.lib.st_forward(ctypes.byref(self._model), n, tokens, slots, positions, n_out, out_rows, logits,
+                                         _ptr(self._scratch), self._scratch.size)
         if status:
             raise StentorError(f"a token id outside [0, {self.vocab_size}) or a position outside the context")
-        return logits
 
     def logits(self, sequences: list[list[int]] | np.ndarray) -> np.ndarray:
         """Logits [B, T, V] of every position of equal-length sequences (what HF's forward returns)."""
@@ -307,14 +309,6 @@ class NativeEngine:
         out = self.forward(ids.reshape(-1), rows // steps, rows % steps, rows)
         return out.reshape(batch, steps, -1)
 
-    def _sample(self, logits: np.ndarray, rows: np.ndarray, seen: np.ndarray, banned: np.ndarray | None,
-                params, u: np.ndarray) -> np.ndarray:
-        chosen = np.empty(len(rows), dtype=np.int32)
-        self.lib.st_sample(len(rows), self.vocab_size, _ptr(logits), _ptr(rows), _ptr(seen), _ptr(banned),
-                           ctypes.addressof(params), _ptr(np.ascontiguousarray(u, dtype=np.float64)), _ptr(chosen),
-                           _ptr(self._work))
-        return chosen
-
     def sample(self, logits: np.ndarray, params: list[SamplingParams], seen: np.ndarray, u: np.ndarray,
                banned: np.ndarray | None = None) -> np.ndarray:
         """The sampler alone: next tokens for logits [n, V] with `seen` [n, V] (updated), u [n] uniform draws."""
@@ -323,8 +317,12 @@ class NativeEngine:
             raise StentorError("seen must be a C-contiguous uint8 array shaped like the logits")
         if banned is not None:
             banned = np.ascontiguousarray(banned, dtype=np.uint8)
-        rows = np.arange(len(logits), dtype=np.int32)
-        return self._sample(logits, rows, seen, banned, _param_table(params), u)
+        rows, chosen = np.arange(len(logits), dtype=np.int32), np.empty(len(logits), dtype=np.int32)
+        table = _param_table(params)
+        self.lib.st_sample(len(logits), self.vocab_size, _ptr(logits), _ptr(rows), _ptr(seen), _ptr(banned),
+                           ctypes.addressof(table), _ptr(np.ascontiguousarray(u, dtype=np.float64)), _ptr(chosen),
+                           _ptr(self._work))
+        return chosen
 
     def distributions(self, logits: np.ndarray, params: SamplingParams, seen: np.ndarray) -> np.ndarray:
         """The processed next-token distribution (what `sample` draws from) of each row of logits [n, V],
@@ -377,11 +375,7 @@ class NativeEngine:
         # step would make ~20 of them. `active` holds the slots of the unfinished rows, compacted.
         active, tokens, positions = np.arange(batch, dtype=np.int32), np.empty(batch, np.int32), np.empty(batch, np.int32)
         out_rows, chosen, uniform = np.arange(batch, dtype=np.int32), np.empty(batch, np.int32), np.empty(batch)
-        logits = np.ascontiguousarray(logits)
-        need = self.lib.st_scratch_floats(ctypes.byref(self._model), batch, batch)
-        if self._scratch.size < need:
-            self._scratch = np.empty(need, dtype=np.float32)
-        model, lib = ctypes.addressof(self._model), self.lib
+        lib = self.lib
         p_active, p_tokens, p_positions, p_rows, p_chosen, p_uniform, p_logits, p_seen, p_work = (
             a.ctypes.data for a in (active, tokens, positions, out_rows, chosen, uniform, logits, seen, self._work))
         count = [0] * batch
@@ -415,12 +409,7 @@ class NativeEngine:
                 n = len(keep)
             tokens[:n] = chosen[:n]
             positions[:n] = [lengths[i] + count[i] - 1 for i in active[:n].tolist()]
-            status = lib.st_forward(model, n, p_tokens, p_active, p_positions, n, p_rows, p_logits,
-                                    self._scratch.ctypes.data, self._scratch.size)
-            if status == -2:  # another engine changed the thread count: the general path re-sizes the scratch
-                logits[:n] = self.forward(tokens[:n], active[:n], positions[:n], out_rows[:n])
-            elif status:
-                raise StentorError("a position outside the context")
+            self._forward(n, p_tokens, p_active, p_positions, n, p_rows, p_logits)
 
 
 def _param_table(rows: list[SamplingParams]):

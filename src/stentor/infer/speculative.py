@@ -200,8 +200,9 @@ class _TorchPair:
         return (p - q).clamp(min=0)
 
 
-class _NativePair(_TorchPair):
-    """Target and draft as NativeEngines: the cache is indexed by position (trimming is a length), NumPy's RNG."""
+class _NativePair:
+    """Target and draft as NativeEngines, with _TorchPair's methods: the cache is indexed by position
+    (trimming is a length), the target engine's sampler (one vocabulary), NumPy's RNG."""
 
     def __init__(self, target, draft, params: SamplingParams, vocab: int):
         self.models, self.lengths, self.params, self.vocab = (target, draft), [0, 0], params, vocab
@@ -317,9 +318,9 @@ def _decode(pair, prompt: list[int], budget: int, params: SamplingParams, eos_id
         steps = min(k_now, budget - len(out) - 1)
         # Draft: k tokens, each from its processed distribution given everything before it.
         drafts, q_rows = [], []
+        d_seen = pair.with_drafts(seen, [])  # a copy that takes each draft token in turn
         feed = committed[pair.cached(1) :]
         for _ in range(steps):
-            d_seen = pair.with_drafts(seen, drafts)[-1:]
             logits = pair.logits(1, feed)[-1:]
             if greedy:
                 token = pair.greedy(logits, d_seen)[0]
@@ -328,6 +329,7 @@ def _decode(pair, prompt: list[int], budget: int, params: SamplingParams, eos_id
                 token = pair.pick(q)
                 q_rows.append(q)
             drafts.append(token)
+            d_seen[0, token] = True
             feed = [token]
         stats.draft_calls += steps
         # Target: one forward over the last committed token and the drafts -> steps + 1 distributions.

@@ -30,6 +30,13 @@ def special_splitter(names) -> re.Pattern | None:
     return re.compile("(" + "|".join(re.escape(n) for n in names) + ")") if names else None
 
 
+def split_text(splitter: re.Pattern | None, text: str) -> Iterator[tuple[bool, str]]:
+    """(is an added token, piece) for each non-empty piece of `text` cut by `special_splitter`."""
+    for k, part in enumerate(splitter.split(text) if splitter else [text]):
+        if part:
+            yield bool(k % 2), part
+
+
 def split_segments(ids: Iterable[int], base: int, added: dict, skip_special_tokens: bool) -> Iterator[list[int] | str]:
     """Runs of TokenMonster ids, and the text of the added tokens between them (`added`: id -> .content/.special).
 
@@ -142,10 +149,10 @@ class TextCodec:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         out: list[int] = [self.bos_token_id] if add_special_tokens and self.add_bos and self.bos_token_id is not None else []
-        for k, part in enumerate(self._split.split(text) if self._split else [text]):
-            if k % 2:
+        for special, part in split_text(self._split, text):
+            if special:
                 out.append(self._ids[part])
-            elif part:
+            else:
                 out.extend(self.vocab.encode(text_to_bytes(part)))
         if add_special_tokens and self.add_eos and self.eos_token_id is not None:
             out.append(self.eos_token_id)

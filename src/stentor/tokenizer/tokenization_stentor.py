@@ -25,7 +25,7 @@ from pathlib import Path
 
 from transformers import AddedToken, PreTrainedTokenizer
 
-from .codec import StreamingDecoder, special_splitter, split_segments, text_to_bytes
+from .codec import StreamingDecoder, special_splitter, split_segments, split_text, text_to_bytes
 from .tokenmonster import Vocab
 
 CHAT_TEMPLATE = (
@@ -180,16 +180,18 @@ class StentorTokenizer(PreTrainedTokenizer):
         if split_special_tokens or any(t.lstrip or t.rstrip or t.single_word for t in tokens):
             return super().tokenize(text, split_special_tokens=split_special_tokens, **kwargs)
         text, kwargs = self.prepare_for_tokenization(text, **kwargs)
-        if getattr(self, "_splitter_source", None) != self._added_tokens_encoder:
-            self._splitter_source = dict(self._added_tokens_encoder)
-            self._splitter = special_splitter(self._added_tokens_encoder)
         out: list[str] = []
-        for k, part in enumerate(self._splitter.split(text) if self._splitter else [text]):
-            if k % 2:
-                out.append(part)
-            elif part:
-                out.extend(self._tokenize(part))
+        for special, part in split_text(self._added_tables()[1], text):
+            out.extend([part] if special else self._tokenize(part))
         return out
+
+    def _added_tables(self):
+        """(name -> id with added tokens first, the added-token splitter), rebuilt when tokens are added."""
+        if getattr(self, "_tables_source", None) != self._added_tokens_encoder:
+            self._tables_source = dict(self._added_tokens_encoder)
+            self._tables = ({**self._name_to_id, **self._added_tokens_encoder},
+                            special_splitter(self._added_tokens_encoder))
+        return self._tables
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
         return [self._id_to_name[i] for i in self.vocab.encode(text_to_bytes(text))]
@@ -199,10 +201,7 @@ class StentorTokenizer(PreTrainedTokenizer):
         as transformers resolves them), instead of two method calls per token."""
         if isinstance(tokens, str):
             return super().convert_tokens_to_ids(tokens)
-        if getattr(self, "_lookup_source", None) != self._added_tokens_encoder:
-            self._lookup_source = dict(self._added_tokens_encoder)
-            self._lookup = {**self._name_to_id, **self._added_tokens_encoder}
-        lookup = self._lookup
+        lookup = self._added_tables()[0]
         ids = [lookup.get(token) for token in tokens]
         if None in ids:  # unknown names: <unk> or the KeyError of _convert_token_to_id
             ids = [i if i is not None else self._convert_token_to_id(t) for i, t in zip(ids, tokens)]
