@@ -69,3 +69,26 @@ def model_and_tokenizer(model_dir):
     from stentor.eval import load_model_and_tokenizer
 
     return load_model_and_tokenizer(str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def trained_model(bpe_tokenizer):
+    """stentor2-tiny-gqa trained briefly on english_like text: margins with a real spread, GQA attention."""
+    import torch
+
+    from stentor.model import get_preset
+    from stentor.model.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("stentor2-tiny-gqa"), seed=0)
+    ids = torch.tensor(bpe_tokenizer(english_like(600, seed=5)).input_ids)
+    blocks = ids[: len(ids) // 65 * 65].view(-1, 65)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(120):
+        batch = blocks[torch.randint(0, len(blocks), (16,))]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

@@ -69,3 +69,22 @@ def test_with_the_stentor_tokenizer(shared_dir, tmp_path):
     text = "Once upon a time, a small cat sat in the sun.\r\nIt was happy."
     enc = encode_corpus(tok, [text])
     assert enc.ids[0] == 8001 and enc.ids[-1] == 8000 and enc.text_bytes == len(text.encode())
+
+
+def test_bf16_blimp_equals_fp32_on_every_paradigm(shared_dir, trained_model, bpe_tokenizer):
+    """All 67 paradigms on a small trained model: bf16 with the fp32 re-check gives fp32's counts exactly."""
+    paradigms = load_blimp(str(shared_dir / "data" / "blimp"), limit=30)
+    fp32 = evaluate_blimp(trained_model, bpe_tokenizer, paradigms, progress=False, precision="fp32")
+    bf16 = evaluate_blimp(trained_model, bpe_tokenizer, paradigms, progress=False, precision="bf16")
+    assert len(bf16.paradigms) == 67
+    assert [(p.uid, p.correct) for p in bf16.paradigms] == [(p.uid, p.correct) for p in fp32.paradigms]
+    assert bf16.scoring["precision"] == "bf16" and bf16.scoring["calibration_pairs"] == 512
+
+
+def test_bf16_perplexity_agrees_with_fp32_to_four_digits(shared_dir, trained_model, bpe_tokenizer):
+    corpus = read_corpus([str(shared_dir / "data" / "wikitext2" / "wiki.test.raw.nonblank-crlf.txt")])
+    runs = {p: evaluate_perplexity(trained_model, bpe_tokenizer, corpus, block_size=256, max_tokens=20_000,
+                                   progress=False, precision=p) for p in ("fp32", "bf16")}  # fmt: skip
+    assert runs["bf16"].precision == "bf16" and runs["bf16"].total_nats != runs["fp32"].total_nats
+    # 4 significant digits: within half a unit of the 4th digit (0.05%; measured 0.014% here, 0.001% on stentor2-12m)
+    assert math.isclose(runs["bf16"].perplexity, runs["fp32"].perplexity, rel_tol=5e-4)

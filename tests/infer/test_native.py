@@ -234,10 +234,14 @@ def test_stentor_tokenizer_fast_paths_equal_transformers_own(stentor_dir):
         assert tok.tokenize(text) == PreTrainedTokenizer.tokenize(tok, text)
         names = PreTrainedTokenizer.tokenize(tok, text)
         assert tok.convert_tokens_to_ids(names) == PreTrainedTokenizer.convert_tokens_to_ids(tok, names)
+    texts = ["Hello world", "a</s>b<s><s>c <reserved_3>d</s", "  naïve\n\n café 日本 ", "", "x<reserved_10>"]
+    for add in (False, True):  # the scorers' batch path skips transformers' per-text machinery, not its result
+        assert tok.encode_many(texts, add_special_tokens=add) == tok(texts, add_special_tokens=add).input_ids
     tok.add_tokens(["<|user|>"])  # a token added later is split out too
     text = "hi <|user|> there"
     assert tok.tokenize(text) == PreTrainedTokenizer.tokenize(tok, text) and "<|user|>" in tok.tokenize(text)
     assert tok.convert_tokens_to_ids("<|user|>") in tok(text)["input_ids"]
+    assert tok.encode_many([text]) == [tok(text)["input_ids"]]
 
 
 def test_engines_used_from_two_threads_at_once_give_their_own_results(pair):
@@ -296,3 +300,42 @@ def test_half_precision_and_sharded_directories_map_exactly(layout, tmp_path):
     with torch.no_grad():
         reference = model(ids).logits.numpy()
     assert np.abs(engine.logits(ids.numpy()) - reference).max() <= 1e-4
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_scoring_stages_equal_torch(bf16):
+    """The compiled scoring stages (norm, SiLU gate, log-softmax) against torch on the same inputs."""
+    from stentor.infer.native import Stages
+
+    stages = Stages(2)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    n, d, inner, vocab = 37, 80, 72, 500
+    x = torch.randn(n, d, generator=gen)
+    add = torch.randn(n, d, generator=gen).to(dtype)
+    w = torch.rand(d, generator=gen) + 0.5
+    y = torch.empty(n, d, dtype=dtype)
+    expected_x = x + add.float()
+    expected_y = (expected_x * torch.rsqrt(expected_x.pow(2).mean(-1, keepdim=True) + 1e-5) * w).to(dtype)
+    stages.add_norm(n, d, bf16, x.data_ptr(), add.data_ptr(), w.data_ptr(), 1e-5, y.data_ptr())
+    assert torch.allclose(x, expected_x, atol=1e-6)
+    assert torch.allclose(y.float(), expected_y.float(), atol=1e-5 if not bf16 else 1e-2)
+
+    gate_up = torch.randn(n, 2 * inner, generator=gen).to(dtype)
+    out = torch.empty(n, inner, dtype=dtype)
+    stages.glu(n, inner, bf16, gate_up.data_ptr(), out.data_ptr())
+    g, u = gate_up.float()[:, :inner], gate_up.float()[:, inner:]
+    assert torch.allclose(out.float(), (torch.nn.functional.silu(g) * u).to(dtype).float(), atol=1e-5, rtol=1e-2 if bf16 else 1e-5)
+
+    logits = (torch.randn(n, vocab, generator=gen) * 4).to(dtype)
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    targets[0] = int(logits[0].float().argmax())
+    logp = torch.empty(n, dtype=torch.float64)
+    greedy = torch.empty(n, dtype=torch.bool)
+    stages.logprobs(n, vocab, bf16, logits.data_ptr(), targets.data_ptr(), logp.data_ptr(), greedy.data_ptr())
+    ref = torch.log_softmax(logits.double(), -1).gather(1, targets[:, None]).squeeze(1)
+    assert torch.allclose(logp, ref, atol=1e-5)
+    assert greedy.tolist() == (logits.float().argmax(1) == targets).tolist() and greedy[0]
+    targets[3] = vocab
+    with pytest.raises(StentorError, match="outside the vocabulary"):
+        stages.logprobs(n, vocab, bf16, logits.data_ptr(), targets.data_ptr(), logp.data_ptr(), greedy.data_ptr())

@@ -138,44 +138,32 @@ def _load_hub(uids: Sequence[str], limit: int | None) -> list[Paradigm]:
     return out
 
 
-def sentence_logprobs(model, tokenizer, sentences: Sequence[str], batch_size: int = 128, progress: bool = True) -> list[float]:
-    """Sum of token log-probs of each sentence given the start token, in nats.
+def sentence_logprobs(model, tokenizer, sentences: Sequence[str], batch_size: int = 128, progress: bool = True,
+                      precision: str = "fp32") -> list[float]:  # fmt: skip
+    """Sum of token log-probs of each sentence given the start token, in nats (each distinct sentence once)."""
+    from stentor.eval.scoring import Scorer, Tree, encode_texts, resolve_precision
 
-    Sentences are deduplicated and sorted by token length so each batch is nearly
-    rectangular; right padding needs no attention mask because a causal model's real
-    tokens never attend to the pads after them.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    if batch_size < 1:
-        raise StentorError(f"--batch-size must be positive, got {batch_size}")
     start = start_token_id(tokenizer)
     unique = list(dict.fromkeys(sentences))
-    encoded = tokenizer(unique, add_special_tokens=False).input_ids
-    seqs = [[start, *ids] for ids in encoded]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    device = next(model.parameters()).device
-    scores = [0.0] * len(seqs)
-    with torch.inference_mode(), tqdm(total=len(seqs), unit="sent", desc="BLiMP", disable=not progress) as bar:
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            lengths = torch.tensor([len(seqs[i]) for i in idx])
-            width = int(lengths.max())
-            x = torch.full((len(idx), width), start, dtype=torch.long)
-            for row, i in enumerate(idx):
-                x[row, : len(seqs[i])] = torch.tensor(seqs[i])
-            x = x.to(device)
-            if width > 1:
-                logits = model(input_ids=x[:, :-1]).logits.float()
-                logp = logits.gather(-1, x[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-                real = torch.arange(1, width)[None, :] < lengths[:, None]
-                sums = (logp.double().cpu() * real).sum(-1)
-                for row, i in enumerate(idx):
-                    scores[i] = float(sums[row])
-            bar.update(len(idx))
-    by_text = dict(zip(unique, scores))
+    trees = [Tree([start, *ids]) for ids in encode_texts(tokenizer, unique)]
+    scorer = Scorer(model, resolve_precision(precision, model), batch_size)
+    by_text = {text: s.trunk for text, s in zip(unique, scorer.score(trees, progress, "BLiMP"))}
     return [by_text[s] for s in sentences]
+
+
+def pair_trees(tokenizer, pairs: Sequence[tuple[str, str]]) -> list:
+    """One `scoring.Tree` per (good, bad) pair: the start token and their common first tokens once, then each tail."""
+    from stentor.eval.scoring import Tree, encode_texts
+
+    start = start_token_id(tokenizer)
+    encoded = encode_texts(tokenizer, [s for pair in pairs for s in pair])
+    trees = []
+    for good, bad in zip(encoded[::2], encoded[1::2]):
+        shared = 0
+        while shared < min(len(good), len(bad)) and good[shared] == bad[shared]:
+            shared += 1
+        trees.append(Tree([start, *good[:shared]], (good[shared:], bad[shared:])))
+    return trees
 
 
 @dataclass(frozen=True)
@@ -211,6 +199,7 @@ def _mean_by(scores: Sequence[ParadigmScore], key: str) -> dict[str, float]:
 class BlimpResult:
     paradigms: list[ParadigmScore]
     data: str = ""
+    scoring: dict | None = None  # how the pairs were decided (scoring.MarginReport.to_dict())
 
     @property
     def overall(self) -> float:
@@ -242,6 +231,7 @@ class BlimpResult:
             "by_field": self.by_field,
             "buckets": {k: {"count": len(v), "paradigms": v} for k, v in self.buckets.items()},
             "bucket_rule": f"strong >= {STRONG_MIN_PCT}%, weak <= {WEAK_MAX_PCT}%, moderate strictly between",
+            "scoring": self.scoring,
             "paradigms": [
                 {"uid": p.uid, "field": p.field, "linguistics_term": p.term, "correct": p.correct, "total": p.total,
                  "accuracy": p.accuracy, "bucket": p.bucket}
@@ -251,18 +241,21 @@ class BlimpResult:
 
 
 def evaluate_blimp(
-    model, tokenizer, paradigms: Sequence[Paradigm], batch_size: int = 128, progress: bool = True, data: str = ""
+    model, tokenizer, paradigms: Sequence[Paradigm], batch_size: int = 128, progress: bool = True, data: str = "",
+    precision: str = "auto",
 ) -> BlimpResult:
-    """Score every pair; good must beat bad strictly."""
+    """Score every pair; good must beat bad strictly. `precision`: fp32, or bf16 with an fp32 re-check of
+    every pair near a tie (so the result equals fp32's), or auto (bf16 where the CPU has it)."""
+    from stentor.eval.scoring import pair_margins
+
     if not paradigms:
         raise StentorError("no BLiMP paradigms to evaluate")
-    sentences = [s for p in paradigms for pair in p.pairs for s in pair]  # good, bad, good, bad, ...
-    scores = sentence_logprobs(model, tokenizer, sentences, batch_size, progress)
+    trees = pair_trees(tokenizer, [pair for p in paradigms for pair in p.pairs])
+    margins, report = pair_margins(model, trees, precision, batch_size, progress)
     results = []
     start = 0
     for p in paradigms:
-        end = start + 2 * len(p.pairs)
-        correct = sum(good > bad for good, bad in zip(scores[start:end:2], scores[start + 1 : end : 2]))
-        results.append(ParadigmScore(p.uid, p.field, p.term, correct, len(p.pairs)))
+        end = start + len(p.pairs)
+        results.append(ParadigmScore(p.uid, p.field, p.term, sum(m > 0 for m in margins[start:end]), len(p.pairs)))
         start = end
-    return BlimpResult(results, data)
+    return BlimpResult(results, data, report.to_dict())

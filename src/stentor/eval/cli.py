@@ -27,6 +27,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer dir, .vocab file or hub id (default: the model dir)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="matmul precision: bf16 runs the layers on the CPU's bf16 units (AMX) with an fp32 "
+                        "residual stream and LM head; BLiMP re-scores every pair near a tie in fp32, so its "
+                        "accuracies equal fp32's; perplexity agrees to ~4 significant digits. auto = bf16 on "
+                        "CPUs with native bf16 for Llama-shaped models, else fp32 (default: %(default)s)")  # fmt: skip
 
 
 def _add_ppl_data_args(p: argparse.ArgumentParser, flag: str, required: bool) -> None:
@@ -96,7 +101,7 @@ def register(subparsers) -> None:
     )
     _add_model_args(blimp)
     _add_blimp_args(blimp, "--data")
-    blimp.add_argument("--batch-size", type=_positive_int, default=128, help="sentences per forward pass (default: %(default)s)")
+    blimp.add_argument("--batch-size", type=_positive_int, default=128, help="pairs per forward pass (default: %(default)s)")
     blimp.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     blimp.add_argument("--out", metavar="DIR", help="write blimp.json, blimp.md and blimp.png into DIR")
     blimp.set_defaults(func=run_blimp)
@@ -117,7 +122,7 @@ def register(subparsers) -> None:
     _add_blimp_args(every, "--blimp-data")
     every.add_argument("--skip-blimp", action="store_true", help="perplexity only")
     every.add_argument("--ppl-batch-size", type=_positive_int, default=8, help="windows per forward (default: %(default)s)")
-    every.add_argument("--blimp-batch-size", type=_positive_int, default=128, help="sentences per forward (default: %(default)s)")
+    every.add_argument("--blimp-batch-size", type=_positive_int, default=128, help="pairs per forward (default: %(default)s)")
     every.add_argument("--out", metavar="DIR", help="report directory (default: the model dir)")
     every.add_argument("--no-card", action="store_true", help="do not touch the model dir's README.md")
     every.set_defaults(func=run_all)
@@ -139,7 +144,7 @@ def _ppl(args, model, tokenizer, corpus, batch_size):
     from stentor.eval.perplexity import evaluate_perplexity
 
     return evaluate_perplexity(model, tokenizer, corpus, args.block_size, args.stride, args.max_tokens, batch_size,
-                               progress=not args.no_progress)  # fmt: skip
+                               progress=not args.no_progress, precision=args.precision)  # fmt: skip
 
 
 def run_ppl(args) -> int:
@@ -160,7 +165,8 @@ def run_blimp(args) -> int:
 
     paradigms = load_blimp(args.data, args.tasks, args.limit)
     model, tokenizer = _load(args)
-    result = evaluate_blimp(model, tokenizer, paradigms, args.batch_size, not args.no_progress, data=args.data)
+    result = evaluate_blimp(model, tokenizer, paradigms, args.batch_size, not args.no_progress, data=args.data,
+                            precision=args.precision)  # fmt: skip
     markdown = blimp_markdown(result)
     print(markdown)
     payload = {"model": args.model, **result.to_dict()}
@@ -195,7 +201,8 @@ def run_all(args) -> int:
     ppl = [_ppl(args, model, tokenizer, corpus, args.ppl_batch_size)] if corpus else []
     blimp = None
     if paradigms:
-        blimp = evaluate_blimp(model, tokenizer, paradigms, args.blimp_batch_size, not args.no_progress, args.blimp_data)
+        blimp = evaluate_blimp(model, tokenizer, paradigms, args.blimp_batch_size, not args.no_progress, args.blimp_data,
+                               precision=args.precision)  # fmt: skip
     card = Path(args.model) / "README.md" if local and not args.no_card else None
     written = write_eval_report(out, args.model, ppl, blimp, card=card)
     print(report_markdown(args.model, ppl, blimp))

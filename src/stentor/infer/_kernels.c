@@ -244,7 +244,10 @@ ST_AVX512 static void silu_mul_avx512(float *g, const float *u, int n) {
     for (int i = 0; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         __m512 x = _mm512_maskz_loadu_ps(k, g + i);
-        __m512 sig = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        __m512 den = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+        __m512 inv = _mm512_rcp14_ps(den); /* 14 bits, then one Newton step: ~23 bits, without a slow divide */
+        inv = _mm512_mul_ps(inv, _mm512_fnmadd_ps(den, inv, _mm512_set1_ps(2.0f)));
+        __m512 sig = _mm512_mul_ps(x, inv);
         _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(sig, _mm512_maskz_loadu_ps(k, u + i)));
     }
 }
@@ -319,6 +322,9 @@ static double (*exp_sum)(const float *, float *, int, float) = exp_sum_c;
 static void (*silu_mul)(float *, const float *, int) = silu_mul_c;
 static void (*attend)(const float *, const float *, const float *, int, int, float, float *, float *) = attend_c;
 
+static int pick_scoring_avx512 = 0; /* read by the scoring stages, whose kernels come later in the file */
+static void pick_scoring_kernels(void);
+
 static void pick_kernels(void) {
 #ifdef ST_X86
     __builtin_cpu_init();
@@ -331,6 +337,7 @@ static void pick_kernels(void) {
         exp_sum = exp_sum_avx512;
         silu_mul = silu_mul_avx512;
         attend = attend_avx512;
+        pick_scoring_avx512 = 1;
     }
 #endif
 }
@@ -351,6 +358,7 @@ static struct {
     int seq_at_start; /* seq when the workers were created: a job posted before a new worker runs is still seen */
     job_fn fn;
     void *arg;
+    int linger; /* after this job, workers spin for the next (decode) or sleep at once (scoring: torch runs next) */
     atomic_int bar_count, bar_sense;
     int sense[MAX_THREADS]; /* each thread's barrier sense, kept across jobs like the shared one */
 } pool = {.nthreads = 1, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
@@ -387,13 +395,13 @@ static void barrier(int tid) {
 
 static void *worker_main(void *arg) {
     int tid = (int)(intptr_t)arg;
-    int seen = pool.seq_at_start;
+    int seen = pool.seq_at_start, linger = 1;
     for (;;) {
-        double start = now_ns();
+        double start = now_ns(), spin_ns = linger ? IDLE_SPIN_NS : 0;
         unsigned spins = 0;
         while (atomic_load(&pool.seq) == seen && !atomic_load(&pool.quit)) {
             cpu_relax();
-            if ((++spins & 255) == 0 && now_ns() - start > IDLE_SPIN_NS) {
+            if ((++spins & 255) == 0 && now_ns() - start >= spin_ns) {
                 pthread_mutex_lock(&pool.mu);
                 while (atomic_load(&pool.seq) == seen && !atomic_load(&pool.quit)) pthread_cond_wait(&pool.cv, &pool.mu);
                 pthread_mutex_unlock(&pool.mu);
@@ -401,6 +409,7 @@ static void *worker_main(void *arg) {
         }
         if (atomic_load(&pool.quit)) return NULL;
         seen = atomic_load(&pool.seq);
+        linger = pool.linger;
         pool.fn(pool.arg, tid, pool.nthreads);
         atomic_fetch_add(&pool.done, 1);
     }
@@ -433,7 +442,7 @@ static void after_fork_in_child(void) {
 /* Set the number of threads (the caller counts as one); returns the number in use. */
 int st_set_threads(int n) {
     static int picked = 0;
-    if (!picked) { pick_kernels(); pthread_atfork(NULL, NULL, after_fork_in_child); picked = 1; }
+    if (!picked) { pick_kernels(); pick_scoring_kernels(); pthread_atfork(NULL, NULL, after_fork_in_child); picked = 1; }
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
     pthread_mutex_lock(&job_lock);
@@ -453,10 +462,11 @@ int st_set_threads(int n) {
     return n;
 }
 
-static void run_job(job_fn fn, void *arg) {
+static void post_job(job_fn fn, void *arg, int linger) {
     if (pool.nthreads == 1) { fn(arg, 0, 1); return; }
     pool.fn = fn;
     pool.arg = arg;
+    pool.linger = linger;
     atomic_store(&pool.done, 0);
     pthread_mutex_lock(&pool.mu);
     atomic_fetch_add(&pool.seq, 1);
@@ -467,6 +477,30 @@ static void run_job(job_fn fn, void *arg) {
     while (atomic_load(&pool.done) != pool.nthreads - 1)
         if (++spins > 2000) sched_yield(); else cpu_relax();
 }
+
+static void run_job(job_fn fn, void *arg) { post_job(fn, arg, 1); }
+
+/* A scoring stage with `per_thread` floats of scratch per thread: the pool's workers sleep right after
+ * it, leaving the cores to torch's matmul threads. -2 when `scratch_floats` is too few for the pool. */
+static int run_stage(job_fn fn, void *arg, int64_t per_thread, int64_t scratch_floats) {
+    pthread_mutex_lock(&job_lock);
+    int status = per_thread * pool.nthreads > scratch_floats ? -2 : 0;
+    if (!status) post_job(fn, arg, 0);
+    pthread_mutex_unlock(&job_lock);
+    return status;
+}
+
+/* A stage bound by memory bandwidth, run by the calling thread alone: a second thread would only
+ * contend with torch's OpenMP threads, which spin on the other cores between matmuls. */
+static int run_stage_here(job_fn fn, void *arg) {
+    pthread_mutex_lock(&job_lock);
+    fn(arg, 0, 1);
+    pthread_mutex_unlock(&job_lock);
+    return 0;
+}
+
+/* Threads in the pool, the caller included. */
+int st_threads(void) { return pool.nthreads; }
 
 static inline void split(int n, int tid, int nthreads, int *lo, int *hi) {
     *lo = (int)((int64_t)n * tid / nthreads);
@@ -494,8 +528,12 @@ typedef struct {
 } fwd_args;
 
 ST_HOT static void rms_norm(const float *x, const float *w, float *out, int n, float eps) {
-    float ss = 0;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float lane[16] = {0}, ss = 0; /* 16 partial sums, so the loop vectorizes (one serial sum would not) */
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) lane[j] += x[i + j] * x[i + j];
+    for (int j = 0; j < 16; j++) ss += lane[j];
+    for (; i < n; i++) ss += x[i] * x[i];
     float r = 1.0f / sqrtf(ss / n + eps);
     for (int i = 0; i < n; i++) out[i] = (x[i] * r) * w[i];
 }
@@ -905,4 +943,246 @@ ST_HOT void st_probs(int n, int V, float *logits, const int32_t *rows, const uin
 }
 
 /* Windows' linker wants the module init symbol of an extension; nothing imports this as a module. */
+/* ------------------------------------------------------------------------------------------ */
+/* batched scoring: the stages between the matmuls                                              */
+/*
+ * Scoring runs thousands of tokens per forward, where matmuls are compute-bound and torch's AMX
+ * kernels win; what torch does slowly there is everything between them (RMSNorm, RoPE, attention
+ * over a few dozen keys, SiLU, logsumexp: ~20 passes over memory per layer). These stages do each
+ * in one pass, on float32 or bfloat16 tensors that torch owns (`bf16` flags say which). The
+ * residual stream stays float32 whichever the matmuls use.
+ */
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch's .to(bfloat16) */
+    union { float f; uint32_t u; } v = {.f = f};
+    uint32_t rounded = (v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16, quiet = (v.u >> 16) | 0x40u;
+    return (uint16_t)((v.u & 0x7FFFFFFFu) > 0x7F800000u ? quiet : rounded); /* a select, so loops vectorize; NaN stays NaN */
+}
+
+static void bf16_load_c(const uint16_t *h, int n, float *out) {
+    for (int i = 0; i < n; i++) out[i] = bf16_to_f32(h[i]);
+}
+
+static void bf16_store_c(const float *in, int n, uint16_t *h) {
+    for (int i = 0; i < n; i++) h[i] = f32_to_bf16(in[i]);
+}
+
+#ifdef ST_X86
+ST_AVX512 static void bf16_load_avx512(const uint16_t *h, int n, float *out) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + i)));
+        _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    }
+    bf16_load_c(h + i, n - i, out + i);
+}
+
+ST_AVX512 static void bf16_store_avx512(const float *in, int n, uint16_t *h) {
+    int i = 0;
+    const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(in + i);
+        __m512i u = _mm512_castps_si512(x), high = _mm512_srli_epi32(u, 16);
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(high, one)), 16);
+        r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), high, quiet); /* NaN stays NaN */
+        _mm256_storeu_si256((__m256i *)(h + i), _mm512_cvtepi32_epi16(r));
+    }
+    bf16_store_c(in + i, n - i, h + i);
+}
+#endif
+
+static void (*bf16_load)(const uint16_t *, int, float *) = bf16_load_c;
+static void (*bf16_store)(const float *, int, uint16_t *) = bf16_store_c;
+
+static void pick_scoring_kernels(void) {
+#ifdef ST_X86
+    if (pick_scoring_avx512) { bf16_load = bf16_load_avx512; bf16_store = bf16_store_avx512; }
+#endif
+}
+
+static void load_row(const void *src, int bf16, size_t at, int n, float *out) {
+    if (bf16) bf16_load((const uint16_t *)src + at, n, out);
+    else memcpy(out, (const float *)src + at, (size_t)n * sizeof(float));
+}
+
+static void store_row(void *dst, int bf16, size_t at, int n, const float *in) {
+    if (bf16) bf16_store(in, n, (uint16_t *)dst + at);
+    else memcpy((float *)dst + at, in, (size_t)n * sizeof(float));
+}
+
+typedef struct {
+    int n, d, bf16;
+    float *x;
+    const void *add;
+    const float *w;
+    float eps;
+    void *y;
+    float *scratch; /* [threads, d] */
+} add_norm_args;
+
+static void add_norm_job(void *arg, int tid, int nt) {
+    add_norm_args *a = arg;
+    int lo, hi;
+    split(a->n, tid, nt, &lo, &hi);
+    float *t = a->scratch + (size_t)tid * a->d;
+    for (int r = lo; r < hi; r++) {
+        float *x = a->x + (size_t)r * a->d;
+        if (a->add) {
+            load_row(a->add, a->bf16, (size_t)r * a->d, a->d, t);
+            for (int i = 0; i < a->d; i++) x[i] += t[i];
+        }
+        rms_norm(x, a->w, t, a->d, a->eps);
+        store_row(a->y, a->bf16, (size_t)r * a->d, a->d, t);
+    }
+}
+
+/* x[n, d] += add (when given); y = rms_norm(x) * w. Scratch: d floats. */
+int st_add_norm(int n, int d, int bf16, float *x, const void *add, const float *w, float eps, void *y, float *scratch,
+                int64_t scratch_floats) {
+    add_norm_args a = {n, d, bf16, x, add, w, eps, y, scratch};
+    return scratch_floats < d ? -2 : run_stage_here(add_norm_job, &a);
+}
+
+typedef struct {
+    int n, f, bf16;
+    const void *gate_up;
+    void *out;
+    float *scratch; /* [threads, 2 f] */
+} glu_args;
+
+static void glu_job(void *arg, int tid, int nt) {
+    glu_args *a = arg;
+    int lo, hi;
+    split(a->n, tid, nt, &lo, &hi);
+    float *g = a->scratch + (size_t)tid * 2 * a->f;
+    for (int r = lo; r < hi; r++) {
+        load_row(a->gate_up, a->bf16, (size_t)r * 2 * a->f, 2 * a->f, g);
+        silu_mul(g, g + a->f, a->f);
+        store_row(a->out, a->bf16, (size_t)r * a->f, a->f, g);
+    }
+}
+
+/* out[n, f] = silu(gate_up[:, :f]) * gate_up[:, f:]. Scratch: 2f floats per thread. */
+int st_glu(int n, int f, int bf16, const void *gate_up, void *out, float *scratch, int64_t scratch_floats) {
+    glu_args a = {n, f, bf16, gate_up, out, scratch};
+    return run_stage(glu_job, &a, 2 * (int64_t)f, scratch_floats);
+}
+
+typedef struct {
+    int rows, width, n_heads, n_kv, head_dim, bf16;
+    const void *qkv;
+    const int32_t *pos, *seg, *trunk;
+    const float *cos, *sin;
+    void *out;
+    float *scratch;
+    int64_t per_thread;
+} tree_attn_args;
+
+ST_HOT static void add_scaled(float *out, float w, const float *v, int d) {
+    for (int i = 0; i < d; i++) out[i] += w * v[i];
+}
+
+/* Softmax attention of one query over two ranges of keys (n1 then n2 of them), no copies. */
+static void attend_ranges(const float *q, const float *k1, const float *v1, int n1, const float *k2, const float *v2,
+                          int n2, int d, float scale, float *scores, float *out) {
+    int n = n1 + n2;
+    for (int t = 0; t < n1; t++) scores[t] = dot_f32(q, k1 + (size_t)t * d, d) * scale;
+    for (int t = 0; t < n2; t++) scores[n1 + t] = dot_f32(q, k2 + (size_t)t * d, d) * scale;
+    float inv = (float)(1.0 / exp_sum(scores, scores, n, max_value(scores, n)));
+    memset(out, 0, (size_t)d * sizeof(float));
+    for (int t = 0; t < n1; t++) add_scaled(out, scores[t] * inv, v1 + (size_t)t * d, d);
+    for (int t = 0; t < n2; t++) add_scaled(out, scores[n1 + t] * inv, v2 + (size_t)t * d, d);
+}
+
+static void tree_attn_job(void *arg, int tid, int nt) {
+    tree_attn_args *a = arg;
+    int lo, hi, W = a->width, H = a->n_heads, KV = a->n_kv, D = a->head_dim, half = D / 2;
+    int qkv_w = (H + 2 * KV) * D, group = H / KV;
+    float scale = 1.0f / sqrtf((float)D);
+    split(a->rows, tid, nt, &lo, &hi);
+    float *buf = a->scratch + (size_t)tid * a->per_thread; /* one row's q k v with RoPE applied */
+    float *scores = buf + (size_t)W * qkv_w, *keys = scores + W, *vals = keys + (size_t)W * D, *o = vals + (size_t)W * D;
+    for (int r = lo; r < hi; r++) {
+        size_t base = (size_t)r * W;
+        for (int t = 0; t < W; t++) {
+            float *row = buf + (size_t)t * qkv_w;
+            load_row(a->qkv, a->bf16, (base + t) * qkv_w, qkv_w, row);
+            const float *c = a->cos + (size_t)a->pos[base + t] * half, *s = a->sin + (size_t)a->pos[base + t] * half;
+            for (int h = 0; h < H + KV; h++) rope(row + h * D, c, s, half);
+        }
+        for (int kh = 0; kh < KV; kh++) {
+            for (int t = 0; t < W; t++) {
+                memcpy(keys + (size_t)t * D, buf + (size_t)t * qkv_w + (H + kh) * D, D * sizeof(float));
+                memcpy(vals + (size_t)t * D, buf + (size_t)t * qkv_w + (H + KV + kh) * D, D * sizeof(float));
+            }
+            for (int t = 0; t < W; t++) {
+                /* keys: the trunk before this token's segment, then its own segment up to itself */
+                int seg = a->seg[base + t], shared = a->trunk[r] < seg ? a->trunk[r] : seg;
+                for (int h = kh * group; h < (kh + 1) * group; h++)
+                    attend_ranges(buf + (size_t)t * qkv_w + h * D, keys, vals, shared, keys + (size_t)seg * D,
+                                  vals + (size_t)seg * D, t + 1 - seg, D, scale, scores, o + (size_t)t * H * D + h * D);
+            }
+        }
+        store_row(a->out, a->bf16, base * H * D, W * H * D, o);
+    }
+}
+
+/* Floats of scratch st_tree_attention needs per thread for rows of `width` tokens. */
+int64_t st_tree_attention_floats(int width, int n_heads, int n_kv, int head_dim) {
+    int64_t W = width, D = head_dim;
+    return W * (n_heads + 2 * n_kv) * D + W + 2 * W * D + W * n_heads * D;
+}
+
+/* Attention for packed trees, RoPE included: qkv [rows * width, (H + 2 KV) * D] straight from the
+ * fused projection; token t of a row sees keys [0, min(trunk, seg_t)) and [seg_t, t] (a trunk token
+ * has seg_t = 0; a branch token, its branch's first column; a pad, itself), at RoPE position pos_t.
+ * out [rows * width, H * D]. Scratch: st_tree_attention_floats per thread. */
+int st_tree_attention(int rows, int width, int n_heads, int n_kv, int head_dim, int bf16, const void *qkv,
+                      const int32_t *pos, const int32_t *seg, const int32_t *trunk, const float *cos, const float *sin,
+                      void *out, float *scratch, int64_t scratch_floats) {
+    tree_attn_args a = {rows, width, n_heads, n_kv, head_dim, bf16, qkv, pos, seg, trunk, cos, sin, out, scratch,
+                        st_tree_attention_floats(width, n_heads, n_kv, head_dim)};
+    return run_stage(tree_attn_job, &a, a.per_thread, scratch_floats);
+}
+
+typedef struct {
+    int n, vocab, bf16;
+    const void *logits;
+    const int64_t *targets;
+    double *logp;
+    uint8_t *greedy;
+    float *scratch; /* [threads, vocab] */
+} logprob_args;
+
+static void logprob_job(void *arg, int tid, int nt) {
+    logprob_args *a = arg;
+    int lo, hi;
+    split(a->n, tid, nt, &lo, &hi);
+    float *row = a->scratch + (size_t)tid * a->vocab;
+    for (int r = lo; r < hi; r++) {
+        load_row(a->logits, a->bf16, (size_t)r * a->vocab, a->vocab, row);
+        int best = argmax(row, a->vocab);
+        int64_t t = a->targets[r];
+        float target = row[t], top = row[best];
+        double total = exp_sum(row, row, a->vocab, top);
+        a->logp[r] = (double)target - (double)top - log(total);
+        a->greedy[r] = best == t;
+    }
+}
+
+/* Log-softmax at each row's target, and whether the target is the row's (first) argmax, for
+ * logits [n, vocab]. Scratch: vocab floats per thread. -1 if a target is outside the vocabulary. */
+int st_logprobs(int n, int vocab, int bf16, const void *logits, const int64_t *targets, double *logp, uint8_t *greedy,
+                float *scratch, int64_t scratch_floats) {
+    for (int r = 0; r < n; r++)
+        if (targets[r] < 0 || targets[r] >= vocab) return -1;
+    logprob_args a = {n, vocab, bf16, logits, targets, logp, greedy, scratch};
+    return run_stage(logprob_job, &a, vocab, scratch_floats);
+}
+
 void *PyInit__kernels(void) { return NULL; }

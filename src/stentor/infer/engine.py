@@ -31,6 +31,10 @@ from stentor.infer.decoding import SamplingParams, Step, fit_prompt, plan_rows
 from stentor.infer.sampling import LogitsPipeline
 from stentor.infer.text import Utf8Guard
 
+# Rows up to this many tokens take the compiled stages (attention over a few dozen keys in one pass);
+# longer ones (perplexity windows) take torch's flash attention, whose cost grows better with length.
+TREE_STAGES_MAX_WIDTH = 256
+
 Weight = torch.Tensor | torch.nn.Module  # an fp32 [in, out] matrix, or a quantized Linear (stentor.model.quantized)
 
 
@@ -55,8 +59,12 @@ def _mm(x: torch.Tensor, w: Weight, b: torch.Tensor | None) -> torch.Tensor:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF LlamaRMSNorm's arithmetic in four ops (F.rms_norm's CPU path costs ~25 us a call at this size)."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    """HF LlamaRMSNorm's arithmetic in four ops (F.rms_norm's CPU path costs ~25 us a call at this size);
+    a bf16 input is normalized in fp32 (with the fp32 weight) and the result cast back."""
+    if x.dtype == torch.float32:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    y = x.float()
+    return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps) * weight).to(x.dtype)
 
 
 def _mm_add(residual: torch.Tensor, x: torch.Tensor, w: Weight) -> torch.Tensor:
@@ -67,10 +75,12 @@ class Engine:
     """Prefill + decode for a `LlamaForCausalLM` (MHA or GQA), batch-first, in fp32.
 
     The engine copies the weights it needs (fused), so the HF model can be freed or kept for
-    comparison; it is not thread-safe (the server gives it one scheduler thread).
+    comparison; it is not thread-safe (the server gives it one scheduler thread). With
+    `dtype=torch.bfloat16` the weights, activations and cache are bf16 (what batched scoring
+    runs on CPUs with AMX); RMSNorm still computes in fp32, as HF's LlamaRMSNorm does.
     """
 
-    def __init__(self, model: torch.nn.Module, *, compile: bool = False):
+    def __init__(self, model: torch.nn.Module, *, compile: bool = False, dtype: torch.dtype = torch.float32):
         config = model.config
         if getattr(config, "model_type", None) not in {"llama", "mistral"} or not hasattr(model, "model"):
             raise StentorError(
@@ -88,20 +98,23 @@ class Engine:
         self.eps = config.rms_norm_eps
         self.max_positions = config.max_position_embeddings
         self.act = ACT2FN[config.hidden_act]
+        self.dtype = dtype
         inner = model.model
         with torch.no_grad():
-            cast = lambda t: t.detach().float().contiguous()  # noqa: E731
+            cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
+            fp32 = lambda t: t.detach().float().contiguous()  # noqa: E731
             self.embed = cast(inner.embed_tokens.weight)
-            self.norm = cast(inner.norm.weight)
+            self.norm = fp32(inner.norm.weight)
             head = model.lm_head
             self.lm_head = cast(head.weight.t()) if isinstance(head, torch.nn.Linear) else head
-            self.layers = [self._fuse(layer, cast) for layer in inner.layers]
+            self.layers = [self._fuse(layer, cast, fp32) for layer in inner.layers]
             self._rope_tables(inner.rotary_emb)
         self.vocab_size = config.vocab_size
+        self._stages = self._native_stages()
         self._cache: list[torch.Tensor] = []
         self._step = torch.compile(self._forward, dynamic=True) if compile else self._forward
 
-    def _fuse(self, layer, cast) -> _Layer:
+    def _fuse(self, layer, cast, fp32) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
 
         def cat_t(*linears) -> tuple[Weight, torch.Tensor | None]:
@@ -116,17 +129,34 @@ class Engine:
         w_gate_up, b_gate_up = cat_t(mlp.gate_proj, mlp.up_proj)
         w_down, b_down = cat_t(mlp.down_proj)
         return _Layer(
-            norm1=cast(layer.input_layernorm.weight),
+            norm1=fp32(layer.input_layernorm.weight),
             w_qkv=w_qkv,
             b_qkv=b_qkv,
             w_o=w_o,
             b_o=b_o,
-            norm2=cast(layer.post_attention_layernorm.weight),
+            norm2=fp32(layer.post_attention_layernorm.weight),
             w_gate_up=w_gate_up,
             b_gate_up=b_gate_up,
             w_down=w_down,
             b_down=b_down,
         )
+
+    def _native_stages(self):
+        """The compiled runtime's scoring stages, when it is installed and these weights are plain matrices."""
+        layers_plain = all(
+            isinstance(w, torch.Tensor) and b is None
+            for layer in self.layers
+            for w, b in ((layer.w_qkv, layer.b_qkv), (layer.w_o, layer.b_o), (layer.w_gate_up, layer.b_gate_up),
+                         (layer.w_down, layer.b_down))
+        )  # fmt: skip
+        if not layers_plain or self.config.hidden_act != "silu" or self.head_dim % 2:
+            return None
+        from stentor.infer.native import Stages, Unsupported
+
+        try:
+            return Stages(torch.get_num_threads())
+        except Unsupported:
+            return None
 
     def _rope_tables(self, rotary) -> None:
         """cos/sin per position for the fused [q k v] columns, as HF's rotary embedding computes them."""
@@ -136,11 +166,12 @@ class Engine:
         scale = getattr(rotary, "attention_scaling", 1.0)
         cos, sin = emb.cos() * scale, emb.sin() * scale
         half = self.head_dim // 2
+        self.cos_half, self.sin_half = cos[:, :half].contiguous(), sin[:, :half].contiguous()  # the C stages' tables
         sin[:, :half] *= -1  # rotate_half(x) = cat(-x2, x1) = swap_halves(x) * [-1.., +1..]
         qk_heads = self.heads + self.kv_heads
         ones = torch.ones(self.max_positions, self.kv_heads * self.head_dim)
-        self.cos = torch.cat([cos.repeat(1, qk_heads), ones], dim=1)
-        self.sin = torch.cat([sin.repeat(1, qk_heads), ones * 0], dim=1)
+        self.cos = torch.cat([cos.repeat(1, qk_heads), ones], dim=1).to(self.dtype)
+        self.sin = torch.cat([sin.repeat(1, qk_heads), ones * 0], dim=1).to(self.dtype)
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -149,12 +180,81 @@ class Engine:
             return
         batch = max(batch, self._cache[0].shape[0] if self._cache else 0)
         shape = (batch, 2 * self.kv_heads, length, self.head_dim)
-        self._cache = [torch.empty(shape) for _ in self.layers]
+        self._cache = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
 
     def _forward(
         self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor | None, last_only: bool
     ) -> torch.Tensor:
         """Run `ids` [B, T] at cache columns start..start+T; return logits [B, V] (last) or [B, T, V]."""
+        batch, steps = ids.shape
+        x = self._body(ids, positions, start, mask)
+        if last_only:
+            x = x.view(batch, steps, -1)[:, -1]
+            return _mm(_rms_norm(x, self.norm, self.eps), self.lm_head, None)
+        x = _rms_norm(x, self.norm, self.eps)
+        return _mm(x, self.lm_head, None).view(batch, steps, -1)
+
+    def hidden_states(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The final normed hidden state of every token [B*T, hidden], what the LM head reads (for scoring).
+
+        `positions` [B, T] are the RoPE positions; `mask` [B, 1, T, T] (True = may attend) or None (causal).
+        """
+        batch, steps = ids.shape
+        self._check_length(int(positions.max()) + 1)
+        self._ensure_cache(batch, steps)
+        return _rms_norm(self._body(ids, positions, 0, mask), self.norm, self.eps)
+
+    def tree_hidden_states(
+        self, ids: torch.Tensor, positions: torch.Tensor, seg: torch.Tensor, trunk: torch.Tensor
+    ) -> torch.Tensor:
+        """Final normed hidden states [B*W, hidden] of packed trees (what `stentor.eval.scoring` builds).
+
+        Token t of row r sees keys [0, min(trunk[r], seg[r, t])) and [seg[r, t], t]: a trunk token has
+        seg 0, a branch token its branch's first column, a pad itself. With the compiled runtime every
+        stage between the matmuls runs there (one pass each; the residual stream stays fp32), else in torch.
+        """
+        self._check_length(int(positions.max()) + 1)
+        if self._stages is None or ids.shape[1] > TREE_STAGES_MAX_WIDTH:
+            return self.hidden_states(ids, positions, self._tree_mask(seg, trunk))
+        return self._tree_body(ids, positions, seg, trunk)
+
+    @staticmethod
+    def _tree_mask(seg: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor | None:
+        width = seg.shape[1]
+        if bool((seg == 0).all()):
+            return None  # every row a plain causal sequence
+        col = torch.arange(width)
+        causal = col[None, None, :] <= col[None, :, None]
+        keys = (col[None, None, :] < torch.minimum(trunk[:, None, None], seg[:, :, None])) | (col[None, None, :] >= seg[:, :, None])
+        return (causal & keys)[:, None]
+
+    def _tree_body(self, ids: torch.Tensor, positions: torch.Tensor, seg: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        stages, bf16 = self._stages, self.dtype == torch.bfloat16
+        rows, width = ids.shape
+        n, hidden, inner = rows * width, self.embed.shape[1], self.config.intermediate_size
+        i32 = [t.to(torch.int32).contiguous() for t in (positions, seg, trunk)]
+        x = F.embedding(ids.view(-1), self.embed).float()  # the residual stream, fp32
+        y = torch.empty(n, hidden, dtype=self.dtype)
+        att = torch.empty(n, self.heads * self.head_dim, dtype=self.dtype)
+        glu = torch.empty(n, inner, dtype=self.dtype)
+        add = None
+        for layer in self.layers:
+            stages.add_norm(n, hidden, bf16, x.data_ptr(), add, layer.norm1.data_ptr(), self.eps, y.data_ptr())
+            qkv = torch.mm(y, layer.w_qkv)
+            stages.tree_attention(rows, width, self.heads, self.kv_heads, self.head_dim, bf16, qkv.data_ptr(),
+                                  i32[0].data_ptr(), i32[1].data_ptr(), i32[2].data_ptr(), self.cos_half.data_ptr(),
+                                  self.sin_half.data_ptr(), att.data_ptr())  # fmt: skip
+            o = torch.mm(att, layer.w_o)
+            stages.add_norm(n, hidden, bf16, x.data_ptr(), o.data_ptr(), layer.norm2.data_ptr(), self.eps, y.data_ptr())
+            gate_up = torch.mm(y, layer.w_gate_up)
+            stages.glu(n, inner, bf16, gate_up.data_ptr(), glu.data_ptr())
+            down = torch.mm(glu, layer.w_down)
+            add = down.data_ptr()
+        stages.add_norm(n, hidden, bf16, x.data_ptr(), add, self.norm.data_ptr(), self.eps, y.data_ptr())
+        return y
+
+    def _body(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """The decoder layers on `ids` [B, T]: the residual stream [B*T, hidden] before the final norm."""
         batch, steps = ids.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         qkv_width = (h + 2 * kv) * d
@@ -180,11 +280,7 @@ class Engine:
             half = gate_up.shape[-1] // 2
             hidden = self.act(gate_up[:, :half]) * gate_up[:, half:]
             x = _mm_add(x if layer.b_down is None else x + layer.b_down, hidden, layer.w_down)
-        if last_only:
-            x = x.view(batch, steps, -1)[:, -1]
-            return _mm(_rms_norm(x, self.norm, self.eps), self.lm_head, None)
-        x = _rms_norm(x, self.norm, self.eps)
-        return _mm(x, self.lm_head, None).view(batch, steps, -1)
+        return x
 
     @staticmethod
     def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:

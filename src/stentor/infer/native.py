@@ -84,6 +84,15 @@ def library() -> ctypes.CDLL:
                 lib.st_forward.argtypes, lib.st_forward.restype = [p, i32, p, p, p, i32, p, p, p, i64], i32
                 lib.st_sample.argtypes, lib.st_sample.restype = [i32, i32, p, p, p, p, p, p, p, p], None
                 lib.st_probs.argtypes, lib.st_probs.restype = [i32, i32, p, p, p, p, p, p], None
+                f32 = ctypes.c_float
+                lib.st_threads.argtypes, lib.st_threads.restype = [], i32
+                lib.st_add_norm.argtypes, lib.st_add_norm.restype = [i32, i32, i32, p, p, p, f32, p, p, i64], i32
+                lib.st_glu.argtypes, lib.st_glu.restype = [i32, i32, i32, p, p, p, i64], i32
+                lib.st_tree_attention_floats.argtypes = [i32, i32, i32, i32]
+                lib.st_tree_attention_floats.restype = i64
+                lib.st_tree_attention.argtypes = [i32, i32, i32, i32, i32, i32, p, p, p, p, p, p, p, p, i64]
+                lib.st_tree_attention.restype = i32
+                lib.st_logprobs.argtypes, lib.st_logprobs.restype = [i32, i32, i32, p, p, p, p, p, i64], i32
                 _LIB = lib
                 return lib
     raise Unsupported(_LIB_ERROR)
@@ -100,6 +109,49 @@ def default_threads() -> int:
 
 def _ptr(array: np.ndarray | None) -> int | None:
     return None if array is None else array.ctypes.data
+
+
+class Stages:
+    """The runtime's scoring stages (see `_kernels.c`), on buffers passed by address: the torch
+    engine's batched scoring path runs its matmuls in torch and everything between them here.
+
+    Buffers are C-contiguous float32, or bfloat16 where `bf16` is set; the caller keeps them alive.
+    """
+
+    def __init__(self, threads: int | None = None):
+        self.lib = library()
+        self.lib.st_set_threads(threads or default_threads())
+        self._scratch = np.empty(0, np.float32)
+
+    def _run(self, fn, per_thread: int, *args) -> int:
+        """Call a stage with enough scratch for the pool as it is (another engine may resize it: -2, retry)."""
+        while True:
+            need = per_thread * self.lib.st_threads()
+            if self._scratch.size < need:
+                self._scratch = np.empty(need, np.float32)
+            status = fn(*args, self._scratch.ctypes.data, self._scratch.size)
+            if status != -2:
+                return status
+
+    def add_norm(self, n: int, d: int, bf16: bool, x: int, add: int | None, weight: int, eps: float, out: int) -> None:
+        """x [n, d] (float32) += add; out = rms_norm(x) * weight."""
+        self._run(self.lib.st_add_norm, d, n, d, int(bf16), x, add, weight, eps, out)
+
+    def glu(self, n: int, inner: int, bf16: bool, gate_up: int, out: int) -> None:
+        """out [n, inner] = silu(gate_up[:, :inner]) * gate_up[:, inner:]."""
+        self._run(self.lib.st_glu, 2 * inner, n, inner, int(bf16), gate_up, out)
+
+    def tree_attention(self, rows: int, width: int, heads: int, kv_heads: int, head_dim: int, bf16: bool, qkv: int,
+                       pos: int, seg: int, trunk: int, cos: int, sin: int, out: int) -> None:
+        """RoPE + attention of packed trees (int32 pos and seg per token, int32 trunk length per row)."""
+        per_thread = self.lib.st_tree_attention_floats(width, heads, kv_heads, head_dim)
+        self._run(self.lib.st_tree_attention, per_thread, rows, width, heads, kv_heads, head_dim, int(bf16), qkv, pos,
+                  seg, trunk, cos, sin, out)  # fmt: skip
+
+    def logprobs(self, n: int, vocab: int, bf16: bool, logits: int, targets: int, logp: int, greedy: int) -> None:
+        """logp (float64) = log_softmax(logits)[target] per row; greedy (uint8) = the target is the argmax."""
+        if self._run(self.lib.st_logprobs, vocab, n, vocab, int(bf16), logits, targets, logp, greedy):
+            raise StentorError(f"a target token id is outside the vocabulary of {vocab}")
 
 
 # -- weights --------------------------------------------------------------------------------------

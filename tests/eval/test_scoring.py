@@ -1,0 +1,143 @@
+"""The tree scorer against plain HF forwards, on each of its paths; bf16 with the fp32 re-check."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from stentor.errors import StentorError
+from stentor.eval.blimp import Paradigm, evaluate_blimp, pair_trees
+from stentor.eval.scoring import MarginReport, Scorer, Tree, encode_texts, pair_margins, resolve_precision
+
+from .conftest import english_like
+
+
+def hf_logprob(model, seq: list[int], first: int = 1) -> float:
+    """Independent reference: one forward, log_softmax, the sum over seq[first:]."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].double(), -1)
+    return sum(float(logp[j - 1, seq[j]]) for j in range(max(first, 1), len(seq)))
+
+
+def random_trees(n: int, vocab: int, seed: int = 0) -> list[Tree]:
+    rng = random.Random(seed)
+    trees = []
+    for _ in range(n):
+        trunk = [rng.randrange(vocab) for _ in range(rng.randint(1, 9))]
+        branches = [[rng.randrange(vocab) for _ in range(rng.randint(0, 6))] for _ in range(rng.randint(0, 3))]
+        trees.append(Tree(trunk, branches, rng.randint(0, len(trunk))))
+    return trees
+
+
+def scorer_on(path: str, model, precision: str = "fp32", batch_size: int = 5) -> Scorer:
+    scorer = Scorer(model, precision, batch_size)
+    if path == "torch":
+        scorer.engine._stages = None  # the engine's torch ops instead of the compiled stages
+    elif path == "hf":
+        scorer.engine = None  # HF's own forward, one row per branch
+    return scorer
+
+
+@pytest.mark.parametrize("path", ["compiled", "torch", "hf"])
+def test_tree_scores_equal_separate_forwards(model_and_tokenizer, path):
+    model, _ = model_and_tokenizer
+    if path == "compiled" and Scorer(model).engine._stages is None:
+        pytest.skip("stentor was installed without its compiled runtime")
+    trees = random_trees(24, 300)
+    for tree, got in zip(trees, scorer_on(path, model).score(trees)):
+        assert got.trunk == pytest.approx(hf_logprob(model, list(tree.trunk), tree.first_scored), abs=1e-4)
+        assert len(got.branches) == len(tree.branches)
+        for branch, score in zip(tree.branches, got.branches):
+            alone = hf_logprob(model, [*tree.trunk, *branch]) - hf_logprob(model, list(tree.trunk))
+            assert score == pytest.approx(alone, abs=1e-4)
+
+
+def test_greedy_marks_exactly_the_argmax_continuation(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    trunk = [1, 17, 42, 99]
+    seq = list(trunk)
+    with torch.no_grad():
+        for _ in range(4):
+            seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+    greedy = seq[len(trunk) :]
+    other = [*greedy[:2], (greedy[2] + 1) % 300, greedy[3]]
+    for path in ("compiled", "torch", "hf"):
+        [score] = scorer_on(path, model).score([Tree(trunk, [greedy, other, []])])
+        assert score.greedy == (True, False, True), path
+
+
+def test_bf16_scores_are_close_to_fp32_but_not_equal(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    trees = random_trees(16, 300, seed=3)
+    exact = Scorer(model, "fp32").score(trees)
+    fast = Scorer(model, "bf16").score(trees)
+    diffs = [abs(a.trunk - b.trunk) for a, b in zip(exact, fast)]
+    assert max(diffs) < 0.05 * max(1, max(len(t.trunk) for t in trees))
+    assert max(diffs) > 0  # the bf16 path really ran in bf16
+
+
+def test_bad_requests_are_clear_errors(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    scorer = Scorer(model)
+    with pytest.raises(StentorError, match="empty trunk"):
+        scorer.score([Tree([])])
+    with pytest.raises(StentorError, match="context"):
+        scorer.score([Tree(list(range(200)), [list(range(100))])])
+    with pytest.raises(StentorError, match="precision"):
+        resolve_precision("fp16", model)
+    with pytest.raises(StentorError, match="two branches"):
+        pair_margins(model, [Tree([1], [[2]])])
+
+
+def paradigms_from(text_seed: int, n_paradigms: int, pairs: int) -> list[Paradigm]:
+    """Minimal pairs from english_like sentences: the bad one has two words swapped."""
+    rng = random.Random(text_seed)
+    sentences = [s.strip() + "." for s in english_like(n_paradigms * pairs * 2, seed=text_seed).split(".") if s.strip()]
+    out = []
+    for p in range(n_paradigms):
+        rows = []
+        for good in sentences[p * pairs : (p + 1) * pairs]:
+            words = good.rstrip(".").split()
+            i = rng.randrange(len(words) - 1)
+            words[i], words[i + 1] = words[i + 1], words[i]
+            rows.append((good, " ".join(words) + "."))
+        out.append(Paradigm(f"p{p}", "f", "t", rows))
+    return out
+
+
+def test_bf16_with_recheck_decides_every_pair_as_fp32(trained_model, bpe_tokenizer):
+    paradigms = paradigms_from(7, 6, 40)
+    trees = pair_trees(bpe_tokenizer, [pair for p in paradigms for pair in p.pairs])
+    exact, report = pair_margins(trained_model, trees, "fp32", progress=False)
+    assert report == MarginReport("fp32")
+    fast, report = pair_margins(trained_model, trees, "bf16", progress=False)
+    assert report.precision == "bf16" and report.calibration_pairs == len(trees)  # fewer pairs than the minimum
+    assert all((a > 0) == (b > 0) for a, b in zip(exact, fast))
+    fp32 = evaluate_blimp(trained_model, bpe_tokenizer, paradigms, progress=False, precision="fp32")
+    bf16 = evaluate_blimp(trained_model, bpe_tokenizer, paradigms, progress=False, precision="bf16")
+    assert [p.correct for p in bf16.paradigms] == [p.correct for p in fp32.paradigms]
+    assert bf16.scoring["precision"] == "bf16" and fp32.scoring["precision"] == "fp32"
+    assert 0.5 < fp32.overall < 1.0  # trained: the swaps are mostly caught, not all
+
+
+def test_recheck_covers_the_pairs_near_a_tie(trained_model, bpe_tokenizer, monkeypatch):
+    """With a calibration sample smaller than the set, only pairs within the bound are re-scored."""
+    import stentor.eval.scoring as scoring
+
+    monkeypatch.setattr(scoring, "CALIBRATION_MIN", 20)
+    paradigms = paradigms_from(9, 4, 60)
+    trees = pair_trees(bpe_tokenizer, [pair for p in paradigms for pair in p.pairs])
+    exact, _ = pair_margins(trained_model, trees, "fp32", progress=False)
+    fast, report = pair_margins(trained_model, trees, "bf16", progress=False)
+    assert report.calibration_pairs == 20 and 20 <= report.rechecked < len(trees)
+    assert report.max_error_per_token > 0
+    assert all((a > 0) == (b > 0) for a, b in zip(exact, fast))
+    same = sum(a == pytest.approx(b, abs=1e-9) for a, b in zip(exact, fast))
+    assert same >= report.rechecked  # every re-checked pair carries the fp32 margin
+
+
+def test_encode_texts_equals_the_tokenizer_call(bpe_tokenizer):
+    texts = ["The cat saw a dog.", "", "two  spaces", "Café!"]
+    assert encode_texts(bpe_tokenizer, texts) == bpe_tokenizer(texts, add_special_tokens=False).input_ids
