@@ -1,0 +1,87 @@
+"""lm-evaluation-harness through StentorLM: the same numbers as lm-eval's own hf model, on offline tasks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from stentor.eval.harness import StentorLM, evaluate_tasks  # noqa: E402
+
+from .conftest import english_like  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    """Three offline tasks on local JSON Lines: minimal pairs, rolling log-likelihood, generation."""
+    root = tmp_path_factory.mktemp("tasks")
+    sentences = [s.strip() + "." for s in english_like(80, seed=21).split(".") if s.strip()]
+    pairs = [{"sentence_good": s, "sentence_bad": " ".join(reversed(s.rstrip(".").split())) + "."} for s in sentences[:40]]
+    docs = [{"text": " ".join(sentences[i : i + 6])} for i in range(0, 36, 6)]
+    prompts = [{"prompt": s.split()[0] + " " + s.split()[1], "answer": s.split()[2]} for s in sentences[40:50]]
+    for name, rows in (("pairs", pairs), ("docs", docs), ("prompts", prompts)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = "dataset_path: json\ntest_split: train\n"
+    (root / "pairs.yaml").write_text(
+        f"task: st_pairs\n{common}dataset_kwargs:\n  data_files: {{train: {root / 'pairs.jsonl'}}}\n"
+        "output_type: multiple_choice\ndoc_to_text: ''\ndoc_to_target: 0\n"
+        "doc_to_choice: '{{[sentence_good, sentence_bad]}}'\nmetric_list:\n  - metric: acc\n"
+    )
+    (root / "docs.yaml").write_text(
+        f"task: st_docs\n{common}dataset_kwargs:\n  data_files: {{train: {root / 'docs.jsonl'}}}\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n"
+    )
+    (root / "prompts.yaml").write_text(
+        f"task: st_prompts\n{common}dataset_kwargs:\n  data_files: {{train: {root / 'prompts.jsonl'}}}\n"
+        "output_type: generate_until\ndoc_to_text: '{{prompt}}'\ndoc_to_target: '{{answer}}'\n"
+        "generation_kwargs:\n  until: ['.']\n  max_gen_toks: 6\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    return root
+
+
+TASKS = ["st_pairs", "st_docs", "st_prompts"]
+
+
+def run(lm, task_dir):
+    return evaluate_tasks(lm, TASKS, include_path=str(task_dir))["results"]
+
+
+def test_stentor_lm_gives_the_hf_backends_numbers(trained_model, bpe_tokenizer, task_dir, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    ours = run(StentorLM(trained_model, bpe_tokenizer, precision="fp32"), task_dir)
+    theirs = run(HFLM(pretrained=trained_model, tokenizer=bpe_tokenizer, batch_size=8), task_dir)
+    assert ours["st_pairs"]["acc,none"] == theirs["st_pairs"]["acc,none"]
+    for metric in ("word_perplexity,none", "bits_per_byte,none"):
+        assert math.isclose(ours["st_docs"][metric], theirs["st_docs"][metric], rel_tol=1e-5)
+    assert ours["st_prompts"]["exact_match,none"] == theirs["st_prompts"]["exact_match,none"]
+
+
+def test_bf16_agrees_and_the_factory_reads_model_args(model_dir, task_dir, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    lm = StentorLM.create_from_arg_string(f"model={model_dir},precision=bf16,batch_size=4")
+    assert lm.precision == "bf16" and lm.scorer.batch_size == 4
+    fp32 = StentorLM.from_dir(str(model_dir), precision="fp32")
+    a, b = run(lm, task_dir), run(fp32, task_dir)
+    assert math.isclose(a["st_docs"]["bits_per_byte,none"], b["st_docs"]["bits_per_byte,none"], rel_tol=1e-3)
+
+
+def test_cli_runs_tasks_and_names_unknown_ones(model_dir, task_dir, tmp_path, monkeypatch, capsys):
+    from stentor.cli import main
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = tmp_path / "lm_eval.json"
+    argv = ["eval", "lm-eval", "--model", str(model_dir), "--tasks", "st_pairs", "--include-path", str(task_dir),
+            "--limit", "10", "--precision", "fp32", "--json", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "st_pairs" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["precision"] == "fp32" and 0 <= saved["results"]["st_pairs"]["acc,none"] <= 1
+    assert main(["eval", "lm-eval", "--model", str(model_dir), "--tasks", "no_such_task"]) == 2
+    assert "unknown lm-eval task(s): no_such_task" in capsys.readouterr().err
