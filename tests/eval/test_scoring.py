@@ -141,3 +141,18 @@ def test_recheck_covers_the_pairs_near_a_tie(trained_model, bpe_tokenizer, monke
 def test_encode_texts_equals_the_tokenizer_call(bpe_tokenizer):
     texts = ["The cat saw a dog.", "", "two  spaces", "Café!"]
     assert encode_texts(bpe_tokenizer, texts) == bpe_tokenizer(texts, add_special_tokens=False).input_ids
+
+
+def test_a_context_with_hundreds_of_answers_is_cut_into_rows_of_bounded_width(model_and_tokenizer):
+    """lm-eval gives every BLiMP sentence the same empty context: one tree, thousands of branches."""
+    import stentor.eval.scoring as scoring
+
+    model, _ = model_and_tokenizer
+    rng = random.Random(4)
+    branches = [[rng.randrange(300) for _ in range(rng.randint(1, 5))] for _ in range(300)]
+    [joint] = Scorer(model).score([Tree([1, 5], branches, 1)])
+    alone = Scorer(model).score([Tree([1, 5], [b], 1) for b in branches])
+    assert len(joint.branches) == 300 and joint.trunk == pytest.approx(alone[0].trunk, abs=1e-6)
+    assert list(joint.branches) == pytest.approx([a.branches[0] for a in alone], abs=1e-4)
+    pieces, _ = scoring._split_wide([Tree([1, 5], branches, 1)])
+    assert len(pieces) > 1 and all(scoring._width(p) <= scoring.PACK_WIDTH for p in pieces)

@@ -136,7 +136,8 @@ def register(subparsers) -> None:
             "Run lm-evaluation-harness tasks with an lm-eval model whose log-likelihoods come from stentor's\n"
             "scorer (requests sharing a context are scored with it once; bf16 on CPUs with AMX) and whose\n"
             "generations come from the stentor engine. Tokenization and windows are lm-eval's hf model's, so\n"
-            "the numbers are the same as `lm_eval --model hf`. Tasks load their data with `datasets`: offline,\n"
+            "the numbers are the same as `lm_eval --model hf` (in fp32, the default here; --precision bf16 is\n"
+            "faster, without a re-check). Tasks load their data with `datasets`: offline,\n"
             "point --include-path at task YAMLs that read local files (dataset_path: json).\n\n"
             "example: stentor eval lm-eval --model out/run1 --tasks blimp_anaphor_gender_agreement --limit 200"
         ),
@@ -149,7 +150,7 @@ def register(subparsers) -> None:
     harness.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
     harness.add_argument("--batch-size", type=_positive_int, default=64, help="rows per forward (default: %(default)s)")
     harness.add_argument("--json", metavar="OUT", help="also write lm-eval's results dict as JSON")
-    harness.set_defaults(func=run_lm_eval)
+    harness.set_defaults(func=run_lm_eval, precision="fp32")  # lm-eval's own numbers unless bf16 is asked for
 
 
 def _read_corpus(args, sources):

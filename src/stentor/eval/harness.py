@@ -1,14 +1,16 @@
 """lm-evaluation-harness on stentor's scorer: any lm-eval task, scored by `eval.scoring.Scorer`.
 
     from stentor.eval.harness import StentorLM, evaluate_tasks
-    lm = StentorLM.from_dir("runs/12m/final")                 # or StentorLM(model, tokenizer)
+    lm = StentorLM.from_dir("runs/12m/final")                 # or StentorLM(model, tokenizer); fp32 by default
     results = evaluate_tasks(lm, ["blimp_anaphor_gender_agreement"], limit=100)
 
 `StentorLM` is an lm-eval `LM` (registered as `stentor`) that tokenizes exactly as lm-eval's `hf`
 model does (its `_encode_pair`, no BOS unless the context is empty, the same rolling windows), so
 the numbers are the `hf` backend's; requests that share a context (a multiple-choice question's
 answers) are one tree, scored with the context computed once. Generation (`generate_until`) runs on
-the stentor engine. lm-eval is an optional dependency: `pip install 'stentor[lm-eval]'`.
+the stentor engine. fp32 by default, so the numbers are the hf model's; `precision="bf16"` is faster
+and has no re-check (log-likelihoods within ~1e-3; a pair near a tie can flip). lm-eval is an
+optional dependency: `pip install 'stentor[lm-eval]'`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from stentor.eval.scoring import Scorer, Tree, encode_texts, resolve_precision
 
 @register_model("stentor")
 class StentorLM(TemplateLM):
-    def __init__(self, model, tokenizer, precision: str = "auto", batch_size: int = 64, max_length: int | None = None):
+    def __init__(self, model, tokenizer, precision: str = "fp32", batch_size: int = 64, max_length: int | None = None):
         super().__init__()
         self.model, self.tokenizer = model.eval(), tokenizer
         self.precision = resolve_precision(precision, model)
