@@ -74,6 +74,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_params)
 
     p = sub.add_parser(
+        "convert",
+        help="rewrite a released checkpoint (TokenMonster adapter) into stentor's self-contained layout",
+        description=(
+            "A checkpoint whose tokenizer is a remote-code adapter around the `tokenmonster` package (the released\n"
+            "StentorLabs models) becomes a directory with the same weights and special-token ids and stentor's own\n"
+            "tokenizer module and vocabulary: it then loads with plain transformers (trust_remote_code=True) with\n"
+            "neither stentor nor tokenmonster installed. stentor itself loads the original directory as it is.\n"
+            "Example: stentor convert ~/Stentor2-12M -o stentor2-12m"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="the checkpoint directory")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output directory (replaced atomically)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser(
         "init",
         help="write a randomly initialized model as a Hugging Face directory",
         description=(
@@ -92,3 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also save a tokenizer: a TokenMonster .vocab or official name, or a tokenizer directory",
     )
     p.set_defaults(func=_init)
+
+
+def _convert(args) -> int:
+    from stentor.tokenizer.foreign import convert_checkpoint
+
+    out = convert_checkpoint(args.source, args.out)
+    print(f"wrote {out}: the weights of {args.source} with stentor's tokenizer (same special-token ids)")
+    return 0

@@ -55,6 +55,13 @@ def load_tokenizer(spec: str | os.PathLike, **kwargs):
             raise StentorError(f"{path / VOCAB_FILE} is not a valid TokenMonster vocabulary: {exc}") from None
         use_fast_backend(tokenizer.vocab)
         return tokenizer
+    if path.is_dir():
+        from stentor.tokenizer.foreign import is_foreign_tokenmonster_dir, load_foreign_tokenizer
+
+        if is_foreign_tokenmonster_dir(path):  # e.g. the released StentorLabs checkpoints: their adapter is not run
+            tokenizer = load_foreign_tokenizer(path, **kwargs)
+            use_fast_backend(tokenizer.vocab)
+            return tokenizer
     if path.is_file() or spec.endswith(".vocab") or (not path.exists() and is_official_name(spec)):
         return tokenizer_from_vocab(spec, **kwargs)
     return _auto_tokenizer(spec, **kwargs)

@@ -89,6 +89,7 @@ class StentorTokenizer(PreTrainedTokenizer):
         add_bos_token: bool = True,
         add_eos_token: bool = False,
         pad_to_multiple: int = 128,
+        special_ids: dict | None = None,
         **kwargs,
     ) -> None:
         vocab = kwargs.pop("_vocab", None)  # from_vocab(Vocab): kept out of init_kwargs (not JSON)
@@ -101,11 +102,16 @@ class StentorTokenizer(PreTrainedTokenizer):
         self.add_eos_token = add_eos_token
         self.pad_to_multiple = pad_to_multiple
 
+        self.special_ids = special_ids
         base = vocab.id_table_size
-        reserved = [f"<reserved_{k}>" for k in range(padded_size(base, pad_to_multiple) - base - 2)]
         has_unk = vocab.unk_id is not None
-        specials = {base: EOS, base + 1: BOS, **{base + 2 + k: name for k, name in enumerate(reserved)}}
-        if has_unk:
+        if special_ids:  # a checkpoint's own layout (stentor.tokenizer.foreign): its ids, nothing reserved
+            specials = {int(i): str(name) for i, name in special_ids.items()}
+            reserved = []
+        else:  # ours: EOS, BOS, then reserved tokens up to a multiple of pad_to_multiple
+            reserved = [f"<reserved_{k}>" for k in range(padded_size(base, pad_to_multiple) - base - 2)]
+            specials = {base: EOS, base + 1: BOS, **{base + 2 + k: name for k, name in enumerate(reserved)}}
+        if has_unk and vocab.unk_id not in specials and UNK not in specials.values():
             specials[vocab.unk_id] = UNK
         self._build_names(specials)
         self._added_tokens_decoder = {
@@ -119,6 +125,8 @@ class StentorTokenizer(PreTrainedTokenizer):
         kwargs.setdefault("extra_special_tokens", reserved)
         kwargs.setdefault("chat_template", CHAT_TEMPLATE)
         kwargs.setdefault("clean_up_tokenization_spaces", False)
+        if special_ids:
+            kwargs["special_ids"] = {str(i): name for i, name in sorted(specials.items())}  # JSON keys are strings
         super().__init__(
             vocab_file=vocab_file,
             add_bos_token=add_bos_token,

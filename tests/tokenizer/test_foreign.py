@@ -1,0 +1,141 @@
+"""Checkpoints in the released StentorLabs layout: their TokenMonster adapter is never run, their ids are read."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from stentor.errors import StentorError
+from stentor.tokenizer.hf import StentorTokenizer, load_tokenizer
+from stentor.tokenizer.tokenmonster import build_vocab_from_yaml
+
+WORDS = ["the", "cat", "sat", "on", "mat", "and", "dog", "ran", "home", "once", "upon", "a", "time"]
+ADAPTER = "import tokenmonster  # the official package: not installed here, and stentor must never import this file\n"
+
+
+def vocab():
+    lines = ["charset: utf-8", "capcode: 1", "normalization: nfd", "include-256-bytes: true", "tokens:"]
+    for w in WORDS:
+        lines += [f'  - token: "{w}"', f'  - token: " {w}"']
+    return build_vocab_from_yaml("\n".join(lines) + "\n")
+
+
+def official_dir(root, order: str):
+    """fp16 weights, `tokenmonster.vocab`, an adapter module, specials after the TokenMonster ids in `order`."""
+    from stentor.model import get_preset
+    from stentor.model.build import build_model
+
+    v = vocab()
+    base = v.id_table_size
+    names = {"bos_first": ["<s>", "</s>", "<unk>", "<pad>"], "eos_first": ["</s>", "<s>"]}[order]
+    ids = {name: base + k for k, name in enumerate(names)}
+    pad = ids.get("<pad>", ids["</s>"])
+    out = root / order
+    cfg = get_preset("stentor2-tiny").replace(vocab_size=base + 64, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
+                                              pad_token_id=pad)  # fmt: skip
+    model = build_model(cfg, seed=3)
+    model.generation_config.bos_token_id, model.generation_config.eos_token_id = ids["<s>"], ids["</s>"]
+    model.half().save_pretrained(out, safe_serialization=True)
+    v.save(out / "tokenmonster.vocab")
+    (out / "tokenmonster_hf.py").write_text(ADAPTER)
+    roles = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>" if "<pad>" in ids else "</s>"}
+    if "<unk>" in ids:
+        roles["unk_token"] = "<unk>"
+    (out / "special_tokens_map.json").write_text(json.dumps(roles))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "TokenMonsterTokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenmonster_hf.TokenMonsterTokenizer", None]},
+        "added_tokens_decoder": {str(i): {"content": n, "special": True} for n, i in ids.items()},
+        **roles,
+    }))  # fmt: skip
+    return out, ids
+
+
+@pytest.fixture(scope="module", params=["bos_first", "eos_first"])
+def official(request, tmp_path_factory):
+    return official_dir(tmp_path_factory.mktemp("official"), request.param)
+
+
+def test_the_native_tokenizer_takes_the_adapters_place_with_the_dirs_ids(official):
+    path, ids = official
+    tok = load_tokenizer(path)
+    assert isinstance(tok, StentorTokenizer) and "tokenmonster" not in sys.modules
+    assert (tok.bos_token_id, tok.eos_token_id) == (ids["<s>"], ids["</s>"])
+    assert tok.pad_token_id == ids.get("<pad>", ids["</s>"])
+    assert len(tok) == vocab().id_table_size + len(ids)
+    plain = StentorTokenizer.from_vocab(vocab())
+    text = "once upon a time the cat sat on the mat"
+    assert tok(text).input_ids == [ids["<s>"], *plain(text, add_special_tokens=False).input_ids]
+    assert tok.decode(tok(text + "</s>").input_ids, skip_special_tokens=True) == text
+    assert tok(text + "</s>").input_ids[-1] == ids["</s>"]
+
+
+def test_generation_equals_transformers_on_the_same_weights_and_stops_at_the_dirs_eos(official):
+    import stentor
+    from transformers import AutoModelForCausalLM
+
+    path, ids = official
+    lm = stentor.load(str(path))
+    assert lm.eos_ids == frozenset({ids["</s>"]})
+    prompt = lm.encode("once upon a time")
+    assert prompt[0] == ids["<s>"]
+    steps = list(lm.generate_ids([prompt], stentor.infer.decoding.SamplingParams(greedy=True, repetition_penalty=1.0,
+                                                                                  max_new_tokens=12)))  # fmt: skip
+    ours = [s.tokens[0] for s in steps]
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # the released fp16 weights, as fp32
+    seq = list(prompt)
+    for _ in ours:
+        with torch.no_grad():
+            seq.append(int(hf(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+    assert ours == seq[len(prompt) :][: len(ours)]
+
+
+def test_contradicting_files_are_a_one_line_error_naming_them(tmp_path):
+    path, ids = official_dir(tmp_path, "bos_first")
+    config = json.loads((path / "config.json").read_text())
+    config["eos_token_id"] = ids["<unk>"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StentorError, match=r"eos_token_id is \d+ in config.json but \d+ in generation_config.json"):
+        load_tokenizer(path)
+    generation = json.loads((path / "generation_config.json").read_text())
+    generation["eos_token_id"] = ids["<unk>"]
+    (path / "generation_config.json").write_text(json.dumps(generation))
+    with pytest.raises(StentorError, match=r"config.json says eos_token_id .* names '<unk>', not the eos_token '</s>'"):
+        load_tokenizer(path)
+    (path / "tokenmonster.vocab").write_bytes(b"not a vocabulary")
+    assert not (path / "tokenizer.json").exists()
+    with pytest.raises(StentorError):
+        load_tokenizer(path)  # no vocabulary left: AutoTokenizer would need the adapter; a clear error, not its code
+
+
+def test_eval_and_export_commands_run_on_the_official_layout(official, tmp_path, capsys):
+    from stentor.cli import main
+
+    path, _ = official
+    text = tmp_path / "t.txt"
+    text.write_text("once upon a time the cat sat on the mat and the dog ran home. " * 20)
+    assert main(["eval", "ppl", "--model", str(path), "--data", str(text), "--no-progress"]) == 0
+    assert "perplexity" in capsys.readouterr().out.lower()
+    assert main(["export", "gguf", "--model", str(path), "-o", str(tmp_path / "m.gguf")]) == 0
+    assert (tmp_path / "m.gguf").stat().st_size > 0
+
+
+def test_convert_gives_a_dir_plain_transformers_loads_without_stentor_or_tokenmonster(official, tmp_path):
+    from stentor.cli import main
+
+    from test_hf_tokenizer import run_without_stentor
+
+    path, ids = official
+    out = tmp_path / "converted"
+    assert main(["convert", str(path), "-o", str(out)]) == 0
+    assert (out / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()  # weights untouched
+    assert not (out / "tokenmonster_hf.py").exists()
+    texts = ["once upon a time the cat sat</s>", "a dog ran home"]
+    got = run_without_stentor(out, texts, tmp_path)
+    native = load_tokenizer(path)
+    assert got["ids"] == [native.encode(t) for t in texts] and got["len"] == len(native)
+    assert got["ids"][0][0] == ids["<s>"] and got["ids"][0][-1] == ids["</s>"]
+    assert main(["convert", str(out), "-o", str(tmp_path / "again")]) == 2  # already ours: a clear error
