@@ -25,3 +25,32 @@ def hub_offline() -> bool:
             return False
     except OSError:
         return True
+
+
+# Weights stentor never reads (pickles and other runtimes' formats) are not downloaded.
+_SKIP = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.onnx", "*.gguf", "*.py"]
+
+
+def local_snapshot(repo_id: str):
+    """A hub model id as a local directory: downloaded when the hub is reachable, else the local HF cache's copy."""
+    import logging
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    from stentor.errors import StentorError
+
+    offline = hub_offline()
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=offline, ignore_patterns=_SKIP))
+    except Exception as exc:  # huggingface_hub raises many types (LocalEntryNotFoundError, RepositoryNotFoundError, ...)
+        if offline:
+            raise StentorError(
+                f"{repo_id} is not in the local Hugging Face cache and the hub is out of reach; download it while "
+                f"online (`hf download {repo_id}`) or pass a local directory"
+            ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StentorError(f"cannot download {repo_id} from the Hugging Face hub ({first}); check the id") from None
+    if offline:
+        logging.getLogger(__name__).info("offline: %s from the local Hugging Face cache (%s)", repo_id, path)
+    return path

@@ -94,4 +94,4 @@ def test_cli_bad_input_is_one_line(tiny_dir):
     ]
     out = run_cli("generate", "--model", "StentorLabs/Stentor2-12M", "x")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "cannot load 'StentorLabs/Stentor2-12M' from the Hugging Face hub" in out.stderr
+    assert "StentorLabs/Stentor2-12M is not in the local Hugging Face cache" in out.stderr and "hf download" in out.stderr

@@ -139,3 +139,37 @@ def test_convert_gives_a_dir_plain_transformers_loads_without_stentor_or_tokenmo
     assert got["ids"] == [native.encode(t) for t in texts] and got["len"] == len(native)
     assert got["ids"][0][0] == ids["<s>"] and got["ids"][0][-1] == ids["</s>"]
     assert main(["convert", str(out), "-o", str(tmp_path / "again")]) == 2  # already ours: a clear error
+
+
+def hf_cache_with(root, repo_id: str, src) -> dict:
+    """A real HF cache layout (models--ORG--NAME/snapshots/<rev>/, refs/main) holding `src`'s files; its env."""
+    import shutil
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / "hub" / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(src, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    import os
+
+    return {**os.environ, "HF_HOME": str(root), "HF_HUB_OFFLINE": "1"}
+
+
+def test_a_hub_id_loads_offline_from_the_hf_cache_and_uncached_ids_say_how_to_fix(official, tmp_path):
+    import subprocess
+
+    path, ids = official
+    env = hf_cache_with(tmp_path / "hf", "StentorLabs/Tiny-Test", path)
+    cmd = [sys.executable, "-m", "stentor", "generate", "--model", "StentorLabs/Tiny-Test", "once upon a time",
+           "--greedy", "--max-new-tokens", "6"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "local Hugging Face cache" in run.stderr
+    offline_text = run.stdout
+    direct = subprocess.run([*cmd[:5], str(path), *cmd[6:]], capture_output=True, text=True, env=env, timeout=300)
+    assert direct.returncode == 0 and direct.stdout == offline_text  # the cached copy is the same model
+    missing = subprocess.run([*cmd[:5], "StentorLabs/Not-Cached", *cmd[6:]], capture_output=True, text=True, env=env,
+                             timeout=300)  # fmt: skip
+    assert missing.returncode == 2
+    assert "not in the local Hugging Face cache" in missing.stderr and "hf download StentorLabs/Not-Cached" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -26,32 +26,23 @@ def load_model(spec: str | os.PathLike, device: str = "cpu"):
 
     spec = os.fspath(spec)
     path = Path(spec).expanduser()
-    if path.exists():
-        if path.is_file():
-            raise StentorError(f"{path} is a file; pass the model directory (config.json + model.safetensors)")
-        if not (path / "config.json").is_file():
-            raise StentorError(f"{path} is not a model directory (no config.json); pass a directory saved by stentor")
-        if is_quantized_dir(path):
-            return load_quantized(path).to(device).eval()
-        if not any(path.glob("*.safetensors")):
-            raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
-    elif not looks_like_hub_id(spec):
-        raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
-    from stentor.hub import hub_offline
+    if not path.exists():
+        if not looks_like_hub_id(spec):
+            raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
+        from stentor.hub import local_snapshot
 
+        path = local_snapshot(spec)  # downloaded, or the HF cache's copy when offline
+    if path.is_file():
+        raise StentorError(f"{path} is a file; pass the model directory (config.json + model.safetensors)")
+    if not (path / "config.json").is_file():
+        raise StentorError(f"{path} is not a model directory (no config.json); pass a directory saved by stentor")
+    if is_quantized_dir(path):
+        return load_quantized(path).to(device).eval()
+    if not any(path.glob("*.safetensors")):
+        raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path) if path.exists() else spec,
-            dtype=torch.float32,
-            use_safetensors=True,
-            local_files_only=not path.exists() and hub_offline(),  # offline: the HF cache or a quick error
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError) as exc:
-        if path.exists():
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StentorError(f"cannot load the model in {path}: {first}") from None
-        raise StentorError(
-            f"cannot load {spec!r} from the Hugging Face hub (offline, or no such repository): download it while "
-            f"online (`hf download {spec}`) and pass the local directory"
-        ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StentorError(f"cannot load the model in {path}: {first}") from None
     return model.to(device).eval()

@@ -44,8 +44,15 @@ def load_tokenizer(spec: str | os.PathLike, **kwargs):
     from stentor.tokenizer import use_fast_backend
     from stentor.tokenizer.hub import is_official_name
 
+    from stentor.model.loading import looks_like_hub_id
+
     spec = os.fspath(spec)
     path = Path(spec).expanduser()
+    if not path.exists() and looks_like_hub_id(spec) and not is_official_name(spec):
+        from stentor.hub import local_snapshot
+
+        path = local_snapshot(spec)  # a model repo: its files, downloaded or from the HF cache
+        spec = str(path)
     if path.is_dir() and _is_stentor_dir(path):
         from stentor.tokenizer.tokenmonster import VocabError
 
