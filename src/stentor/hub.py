@@ -54,3 +54,14 @@ def local_snapshot(repo_id: str):
     if offline:
         logging.getLogger(__name__).info("offline: %s from the local Hugging Face cache (%s)", repo_id, path)
     return path
+
+
+def local_path(spec: str):
+    """Where `spec` lives on disk: an existing path as it is, a hub id (ORG/NAME) as its `local_snapshot`;
+    anything else unchanged, for the caller to say what is missing."""
+    from pathlib import Path
+
+    from stentor.model.loading import looks_like_hub_id
+
+    path = Path(spec).expanduser()
+    return local_snapshot(spec) if not path.exists() and looks_like_hub_id(spec) else path

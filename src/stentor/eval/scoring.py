@@ -16,7 +16,7 @@ cache for the one pass of log-softmax that reads them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stentor.errors import StentorError

@@ -309,14 +309,10 @@ def load(
     if engine not in ENGINES:
         raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spec = os.fspath(path_or_hub_id)
-    path = Path(spec).expanduser()
-    from stentor.model.loading import looks_like_hub_id
+    from stentor.hub import local_path
 
-    if not path.exists() and looks_like_hub_id(spec):
-        from stentor.hub import local_snapshot
-
-        path = local_snapshot(spec)  # downloaded, or the HF cache's copy when offline
-        spec = str(path)
+    path = local_path(spec)  # a hub id: downloaded, or the HF cache's copy when offline
+    spec = str(path) if path.exists() else spec
     if engine == "stentor" and not compile and path.is_dir():
         lean = _lean_load(path, Path(tokenizer).expanduser() if tokenizer is not None else path, threads)
         if isinstance(lean, Stentor):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from stentor.errors import StentorError
 
@@ -25,13 +24,11 @@ def load_model(spec: str | os.PathLike, device: str = "cpu"):
     from stentor.model.quantized import load_quantized
 
     spec = os.fspath(spec)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        if not looks_like_hub_id(spec):
-            raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
-        from stentor.hub import local_snapshot
+    from stentor.hub import local_path
 
-        path = local_snapshot(spec)  # downloaded, or the HF cache's copy when offline
+    path = local_path(spec)  # a hub id: downloaded, or the HF cache's copy when offline
+    if not path.exists():
+        raise StentorError(f"no model directory {spec!r}; pass a directory or a hub id like StentorLabs/Stentor2-12M")
     if path.is_file():
         raise StentorError(f"{path} is a file; pass the model directory (config.json + model.safetensors)")
     if not (path / "config.json").is_file():

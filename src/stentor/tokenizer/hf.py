@@ -44,15 +44,11 @@ def load_tokenizer(spec: str | os.PathLike, **kwargs):
     from stentor.tokenizer import use_fast_backend
     from stentor.tokenizer.hub import is_official_name
 
-    from stentor.model.loading import looks_like_hub_id
+    from stentor.hub import local_path
 
     spec = os.fspath(spec)
-    path = Path(spec).expanduser()
-    if not path.exists() and looks_like_hub_id(spec) and not is_official_name(spec):
-        from stentor.hub import local_snapshot
-
-        path = local_snapshot(spec)  # a model repo: its files, downloaded or from the HF cache
-        spec = str(path)
+    path = Path(spec).expanduser() if is_official_name(spec) else local_path(spec)  # a hub repo: its local snapshot
+    spec = str(path) if path.exists() else spec
     if path.is_dir() and _is_stentor_dir(path):
         from stentor.tokenizer.tokenmonster import VocabError
 
