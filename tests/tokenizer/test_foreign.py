@@ -173,3 +173,16 @@ def test_a_hub_id_loads_offline_from_the_hf_cache_and_uncached_ids_say_how_to_fi
     assert missing.returncode == 2
     assert "not in the local Hugging Face cache" in missing.stderr and "hf download StentorLabs/Not-Cached" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_quantize_keeps_the_dirs_special_ids(official, tmp_path):
+    import stentor
+    from stentor.cli import main
+
+    path, ids = official
+    out = tmp_path / "int8"
+    assert main(["quantize", "--model", str(path), "--method", "int8", "-o", str(out)]) == 0
+    lm = stentor.load(str(out))
+    assert (lm.tokenizer.bos_token_id, lm.tokenizer.eos_token_id) == (ids["<s>"], ids["</s>"])
+    assert lm.eos_ids == frozenset({ids["</s>"]})
+    assert isinstance(lm.generate("once upon a time", greedy=True, max_new_tokens=4), str)
