@@ -121,12 +121,10 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 
 def engine_supports(model) -> bool:
-    """Whether `Scorer` runs this model on the stentor engine (a Llama-shaped model on CPU), not on HF's forward."""
-    config = getattr(model, "config", None)
-    device = next(model.parameters()).device
-    return device.type == "cpu" and getattr(config, "model_type", None) in {"llama", "mistral"} and not getattr(
-        config, "sliding_window", None
-    )
+    """Whether `Scorer` runs this model on the stentor engine (a model it runs, on CPU), not on HF's forward."""
+    from stentor.infer.engine import Engine
+
+    return next(model.parameters()).device.type == "cpu" and Engine.unsupported(model) is None
 
 
 class Scorer:
@@ -285,7 +283,7 @@ class Scorer:
         n = hidden.shape[0]
         logp = torch.empty(n, dtype=torch.float64)
         greedy = torch.empty(n, dtype=torch.bool)
-        stages = self.engine._stages
+        stages = self.engine._native_stages()
         if hidden.dtype != torch.float32 and isinstance(self.head, torch.Tensor):
             hidden = hidden.float()
         for i in range(0, n, _HEAD_CHUNK):
@@ -303,32 +301,33 @@ class Scorer:
 
 
 def _split_wide(trees: Sequence[Tree]) -> tuple[list[Tree], list[int]]:
-    """Trees whose packed row would pass PACK_WIDTH tokens, cut into trees of fewer branches (each
-    with the trunk; its score counts once). Many answers to one context (lm-eval: every BLiMP
-    sentence after an empty context) would otherwise make one row of them all."""
+    """Trees whose packed row would pass PACK_WIDTH tokens, cut into trees of fewer branches, each with
+    the trunk as context (only the first scores it). Many answers to one context (lm-eval: every
+    BLiMP sentence after an empty context) would otherwise make one row of them all."""
     pieces, owner = [], []
     for i, tree in enumerate(trees):
         chunk: list = []
         width = len(tree.trunk)
         for branch in tree.branches:
             if chunk and width + len(branch) > PACK_WIDTH:
-                pieces.append(Tree(tree.trunk, chunk, tree.first_scored))
+                pieces.append(Tree(tree.trunk, chunk, tree.first_scored if owner[-1:] != [i] else len(tree.trunk)))
                 owner.append(i)
                 chunk, width = [], len(tree.trunk)
             chunk.append(branch)
             width += len(branch)
-        pieces.append(Tree(tree.trunk, chunk, tree.first_scored))
+        pieces.append(Tree(tree.trunk, chunk, tree.first_scored if owner[-1:] != [i] else len(tree.trunk)))
         owner.append(i)
     return pieces, owner
 
 
 def _join(trees: Sequence[Tree], owner: list[int], scores: list[TreeScore]) -> list[TreeScore]:
+    """The pieces' scores as one per tree: the first piece's trunk score, every piece's branches in order."""
+    trunk = [0.0] * len(trees)
     branches: list[list[float]] = [[] for _ in trees]
     greedy: list[list[bool]] = [[] for _ in trees]
-    trunk = [0.0] * len(trees)
-    for i, score in zip(reversed(owner), reversed(scores)):
-        trunk[i] = score.trunk  # any piece's: the trunk is the same in all of them
-    for i, score in zip(owner, scores):
+    for k, (i, score) in enumerate(zip(owner, scores)):
+        if k == 0 or owner[k - 1] != i:
+            trunk[i] = score.trunk
         branches[i] += score.branches
         greedy[i] += score.greedy
     return [TreeScore(trunk[i], tuple(branches[i]), tuple(greedy[i])) for i in range(len(trees))]

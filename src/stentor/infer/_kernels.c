@@ -322,8 +322,62 @@ static double (*exp_sum)(const float *, float *, int, float) = exp_sum_c;
 static void (*silu_mul)(float *, const float *, int) = silu_mul_c;
 static void (*attend)(const float *, const float *, const float *, int, int, float, float *, float *) = attend_c;
 
-static int pick_scoring_avx512 = 0; /* read by the scoring stages, whose kernels come later in the file */
-static void pick_scoring_kernels(void);
+/* bfloat16 <-> float32 rows, for the scoring stages (torch's bf16 tensors) */
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch's .to(bfloat16) */
+    union { float f; uint32_t u; } v = {.f = f};
+    uint32_t rounded = (v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16, quiet = (v.u >> 16) | 0x40u;
+    return (uint16_t)((v.u & 0x7FFFFFFFu) > 0x7F800000u ? quiet : rounded); /* a select, so loops vectorize; NaN stays NaN */
+}
+
+static void bf16_load_c(const uint16_t *h, int n, float *out) {
+    for (int i = 0; i < n; i++) out[i] = bf16_to_f32(h[i]);
+}
+
+static void bf16_store_c(const float *in, int n, uint16_t *h) {
+    for (int i = 0; i < n; i++) h[i] = f32_to_bf16(in[i]);
+}
+
+#ifdef ST_X86
+ST_AVX512 static void bf16_load_avx512(const uint16_t *h, int n, float *out) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + i)));
+        _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    }
+    bf16_load_c(h + i, n - i, out + i);
+}
+
+ST_AVX512 static void bf16_store_avx512(const float *in, int n, uint16_t *h) {
+    int i = 0;
+    const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(in + i);
+        __m512i u = _mm512_castps_si512(x), high = _mm512_srli_epi32(u, 16);
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(high, one)), 16);
+        r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), high, quiet); /* NaN stays NaN */
+        _mm256_storeu_si256((__m256i *)(h + i), _mm512_cvtepi32_epi16(r));
+    }
+    bf16_store_c(in + i, n - i, h + i);
+}
+#endif
+
+static void (*bf16_load)(const uint16_t *, int, float *) = bf16_load_c;
+static void (*bf16_store)(const float *, int, uint16_t *) = bf16_store_c;
+
+static void load_row(const void *src, int bf16, size_t at, int n, float *out) {
+    if (bf16) bf16_load((const uint16_t *)src + at, n, out);
+    else memcpy(out, (const float *)src + at, (size_t)n * sizeof(float));
+}
+
+static void store_row(void *dst, int bf16, size_t at, int n, const float *in) {
+    if (bf16) bf16_store(in, n, (uint16_t *)dst + at);
+    else memcpy((float *)dst + at, in, (size_t)n * sizeof(float));
+}
 
 static void pick_kernels(void) {
 #ifdef ST_X86
@@ -337,7 +391,8 @@ static void pick_kernels(void) {
         exp_sum = exp_sum_avx512;
         silu_mul = silu_mul_avx512;
         attend = attend_avx512;
-        pick_scoring_avx512 = 1;
+        bf16_load = bf16_load_avx512;
+        bf16_store = bf16_store_avx512;
     }
 #endif
 }
@@ -442,7 +497,7 @@ static void after_fork_in_child(void) {
 /* Set the number of threads (the caller counts as one); returns the number in use. */
 int st_set_threads(int n) {
     static int picked = 0;
-    if (!picked) { pick_kernels(); pick_scoring_kernels(); pthread_atfork(NULL, NULL, after_fork_in_child); picked = 1; }
+    if (!picked) { pick_kernels(); pthread_atfork(NULL, NULL, after_fork_in_child); picked = 1; }
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
     pthread_mutex_lock(&job_lock);
@@ -952,68 +1007,6 @@ ST_HOT void st_probs(int n, int V, float *logits, const int32_t *rows, const uin
  * in one pass, on float32 or bfloat16 tensors that torch owns (`bf16` flags say which). The
  * residual stream stays float32 whichever the matmuls use.
  */
-
-static inline float bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
-    return v.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch's .to(bfloat16) */
-    union { float f; uint32_t u; } v = {.f = f};
-    uint32_t rounded = (v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16, quiet = (v.u >> 16) | 0x40u;
-    return (uint16_t)((v.u & 0x7FFFFFFFu) > 0x7F800000u ? quiet : rounded); /* a select, so loops vectorize; NaN stays NaN */
-}
-
-static void bf16_load_c(const uint16_t *h, int n, float *out) {
-    for (int i = 0; i < n; i++) out[i] = bf16_to_f32(h[i]);
-}
-
-static void bf16_store_c(const float *in, int n, uint16_t *h) {
-    for (int i = 0; i < n; i++) h[i] = f32_to_bf16(in[i]);
-}
-
-#ifdef ST_X86
-ST_AVX512 static void bf16_load_avx512(const uint16_t *h, int n, float *out) {
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + i)));
-        _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
-    }
-    bf16_load_c(h + i, n - i, out + i);
-}
-
-ST_AVX512 static void bf16_store_avx512(const float *in, int n, uint16_t *h) {
-    int i = 0;
-    const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
-    for (; i + 16 <= n; i += 16) {
-        __m512 x = _mm512_loadu_ps(in + i);
-        __m512i u = _mm512_castps_si512(x), high = _mm512_srli_epi32(u, 16);
-        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(high, one)), 16);
-        r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), high, quiet); /* NaN stays NaN */
-        _mm256_storeu_si256((__m256i *)(h + i), _mm512_cvtepi32_epi16(r));
-    }
-    bf16_store_c(in + i, n - i, h + i);
-}
-#endif
-
-static void (*bf16_load)(const uint16_t *, int, float *) = bf16_load_c;
-static void (*bf16_store)(const float *, int, uint16_t *) = bf16_store_c;
-
-static void pick_scoring_kernels(void) {
-#ifdef ST_X86
-    if (pick_scoring_avx512) { bf16_load = bf16_load_avx512; bf16_store = bf16_store_avx512; }
-#endif
-}
-
-static void load_row(const void *src, int bf16, size_t at, int n, float *out) {
-    if (bf16) bf16_load((const uint16_t *)src + at, n, out);
-    else memcpy(out, (const float *)src + at, (size_t)n * sizeof(float));
-}
-
-static void store_row(void *dst, int bf16, size_t at, int n, const float *in) {
-    if (bf16) bf16_store(in, n, (uint16_t *)dst + at);
-    else memcpy((float *)dst + at, in, (size_t)n * sizeof(float));
-}
 
 typedef struct {
     int n, d, bf16;

@@ -80,15 +80,22 @@ class Engine:
     runs on CPUs with AMX); RMSNorm still computes in fp32, as HF's LlamaRMSNorm does.
     """
 
-    def __init__(self, model: torch.nn.Module, *, compile: bool = False, dtype: torch.dtype = torch.float32):
-        config = model.config
+    @staticmethod
+    def unsupported(model: torch.nn.Module) -> str | None:
+        """Why the engine cannot run `model`, or None when it can."""
+        config = getattr(model, "config", None)
         if getattr(config, "model_type", None) not in {"llama", "mistral"} or not hasattr(model, "model"):
-            raise StentorError(
-                f"the stentor engine runs Llama-shaped models; this one is {type(model).__name__} "
-                f"({getattr(config, 'model_type', '?')}); use --engine hf for it"
-            )
+            return (f"the stentor engine runs Llama-shaped models; this one is {type(model).__name__} "
+                    f"({getattr(config, 'model_type', '?')}); use --engine hf for it")  # fmt: skip
         if getattr(config, "sliding_window", None):
-            raise StentorError("sliding-window attention is not supported by the stentor engine; use --engine hf")
+            return "sliding-window attention is not supported by the stentor engine; use --engine hf"
+        return None
+
+    def __init__(self, model: torch.nn.Module, *, compile: bool = False, dtype: torch.dtype = torch.float32):
+        reason = self.unsupported(model)
+        if reason:
+            raise StentorError(reason)
+        config = model.config
         from transformers.activations import ACT2FN
 
         self.config = config
@@ -110,7 +117,8 @@ class Engine:
             self.layers = [self._fuse(layer, cast, fp32) for layer in inner.layers]
             self._rope_tables(inner.rotary_emb)
         self.vocab_size = config.vocab_size
-        self._stages = self._native_stages()
+        self._stages = None  # the compiled scoring stages, loaded by the first tree_hidden_states (decode never needs them)
+        self._stages_checked = False
         self._cache: list[torch.Tensor] = []
         self._step = torch.compile(self._forward, dynamic=True) if compile else self._forward
 
@@ -143,6 +151,9 @@ class Engine:
 
     def _native_stages(self):
         """The compiled runtime's scoring stages, when it is installed and these weights are plain matrices."""
+        if self._stages_checked:
+            return self._stages
+        self._stages_checked = True
         layers_plain = all(
             isinstance(w, torch.Tensor) and b is None
             for layer in self.layers
@@ -154,9 +165,10 @@ class Engine:
         from stentor.infer.native import Stages, Unsupported
 
         try:
-            return Stages(torch.get_num_threads())
+            self._stages = Stages(torch.get_num_threads())
         except Unsupported:
-            return None
+            pass
+        return self._stages
 
     def _rope_tables(self, rotary) -> None:
         """cos/sin per position for the fused [q k v] columns, as HF's rotary embedding computes them."""
@@ -213,9 +225,9 @@ class Engine:
         seg 0, a branch token its branch's first column, a pad itself. With the compiled runtime every
         stage between the matmuls runs there (one pass each; the residual stream stays fp32), else in torch.
         """
-        self._check_length(int(positions.max()) + 1)
-        if self._stages is None or ids.shape[1] > TREE_STAGES_MAX_WIDTH:
+        if ids.shape[1] > TREE_STAGES_MAX_WIDTH or self._native_stages() is None:
             return self.hidden_states(ids, positions, self._tree_mask(seg, trunk))
+        self._check_length(int(positions.max()) + 1)
         return self._tree_body(ids, positions, seg, trunk)
 
     @staticmethod

@@ -111,6 +111,24 @@ def _ptr(array: np.ndarray | None) -> int | None:
     return None if array is None else array.ctypes.data
 
 
+class _Scratch:
+    """Float32 scratch for the C calls: grown to what the call needs for the thread pool as it is, and the
+    call made again when it reports -2 (another engine resized the pool in between)."""
+
+    def __init__(self) -> None:
+        self.array = np.empty(0, np.float32)
+
+    def call(self, floats, fn, *args) -> int:
+        """`fn(*args, scratch, size)`, with `floats()` the size it needs now."""
+        while True:
+            need = floats()
+            if self.array.size < need:
+                self.array = np.empty(need, np.float32)
+            status = fn(*args, self.array.ctypes.data, self.array.size)
+            if status != -2:
+                return status
+
+
 class Stages:
     """The runtime's scoring stages (see `_kernels.c`), on buffers passed by address: the torch
     engine's batched scoring path runs its matmuls in torch and everything between them here.
@@ -121,17 +139,10 @@ class Stages:
     def __init__(self, threads: int | None = None):
         self.lib = library()
         self.lib.st_set_threads(threads or default_threads())
-        self._scratch = np.empty(0, np.float32)
+        self._scratch = _Scratch()
 
     def _run(self, fn, per_thread: int, *args) -> int:
-        """Call a stage with enough scratch for the pool as it is (another engine may resize it: -2, retry)."""
-        while True:
-            need = per_thread * self.lib.st_threads()
-            if self._scratch.size < need:
-                self._scratch = np.empty(need, np.float32)
-            status = fn(*args, self._scratch.ctypes.data, self._scratch.size)
-            if status != -2:
-                return status
+        return self._scratch.call(lambda: per_thread * self.lib.st_threads(), fn, *args)
 
     def add_norm(self, n: int, d: int, bf16: bool, x: int, add: int | None, weight: int, eps: float, out: int) -> None:
         """x [n, d] (float32) += add; out = rms_norm(x) * weight."""
@@ -317,7 +328,7 @@ class NativeEngine:
                              w.eps, 0, ctypes.addressof(w.layer_table), _ptr(w.final_norm), w.embed, w.lm_head,
                              _ptr(w.cos), _ptr(w.sin), None)
         self._kv = np.empty(0, dtype=np.float32)
-        self._scratch = np.empty(0, dtype=np.float32)
+        self._scratch = _Scratch()
         self._work = np.empty(4 * w.vocab, dtype=np.float32)
 
     def _ensure_cache(self, slots: int, capacity: int) -> None:
@@ -338,13 +349,9 @@ class NativeEngine:
     def _forward(self, n: int, tokens: int, slots: int, positions: int, n_out: int, out_rows: int, logits: int) -> None:
         """st_forward on array addresses, with a scratch sized for the current thread count (which another
         engine may change: the call then reports -2 and is made again)."""
-        status = -2
-        while status == -2:
-            need = self.lib.st_scratch_floats(ctypes.byref(self._model), n, n_out)
-            if self._scratch.size < need:
-                self._scratch = np.empty(need, dtype=np.float32)
-            status = self.lib.st_forward(ctypes.byref(self._model), n, tokens, slots, positions, n_out, out_rows, logits,
-                                         _ptr(self._scratch), self._scratch.size)
+        model = ctypes.byref(self._model)
+        status = self._scratch.call(lambda: self.lib.st_scratch_floats(model, n, n_out), self.lib.st_forward, model, n,
+                                    tokens, slots, positions, n_out, out_rows, logits)  # fmt: skip
         if status:
             raise StentorError(f"a token id outside [0, {self.vocab_size}) or a position outside the context")
 

@@ -40,31 +40,34 @@ def _name(value) -> str | None:
     return value.get("content") if isinstance(value, dict) else value if isinstance(value, str) else None
 
 
-def find_vocab(path: Path) -> Path | None:
-    """The directory's TokenMonster vocabulary, recognised by parsing, whatever its file name."""
+def find_vocab(path: Path):
+    """(file, parsed `Vocab`) of the directory's TokenMonster vocabulary, recognised by parsing, whatever its
+    file name; None when it has none."""
     from stentor.tokenizer.tokenmonster import Vocab, VocabError
 
-    found = []
+    found: dict[bytes, tuple[Path, Vocab]] = {}
     for candidate in sorted(p for p in path.iterdir() if p.is_file()):
         if candidate.suffix.lower() in _NOT_VOCAB or candidate.stat().st_size > _MAX_VOCAB_BYTES:
             continue
+        data = candidate.read_bytes()
         try:
-            Vocab.from_bytes(candidate.read_bytes(), candidate.name)
-        except (VocabError, ValueError, IndexError, OSError):
+            found.setdefault(data, (candidate, Vocab.from_bytes(data, candidate.name)))
+        except (VocabError, ValueError, IndexError):
             continue
-        found.append(candidate)
-    if len({p.read_bytes() for p in found}) > 1:
-        raise StentorError(f"{path} holds {len(found)} different TokenMonster vocabularies ({', '.join(p.name for p in found)}); "
+    if len(found) > 1:
+        names = ", ".join(p.name for p, _ in found.values())
+        raise StentorError(f"{path} holds {len(found)} different TokenMonster vocabularies ({names}); "
                            "keep the one the model was trained with")  # fmt: skip
-    return found[0] if found else None
+    return next(iter(found.values()), None)
 
 
-def is_foreign_tokenmonster_dir(path: Path) -> bool:
-    """A model dir with a tokenizer config that is not ours, no `tokenizer.json`, and a TokenMonster vocabulary."""
+def foreign_vocab(path: Path):
+    """For a model dir with a tokenizer config that is not ours, no `tokenizer.json`, and a TokenMonster
+    vocabulary: that (file, `Vocab`); else None."""
     config = _json(path / "tokenizer_config.json")
     if not config or config.get("tokenizer_class") == "StentorTokenizer" or (path / "tokenizer.json").is_file():
-        return False
-    return find_vocab(path) is not None
+        return None
+    return find_vocab(path)
 
 
 def read_special_ids(path: Path, base: int) -> tuple[dict[int, str], dict[str, str | None]]:
@@ -120,16 +123,16 @@ def read_special_ids(path: Path, base: int) -> tuple[dict[int, str], dict[str, s
     return added, {role: names[role][0] if role in names else None for role in ROLES}
 
 
-def load_foreign_tokenizer(path: str | Path, **kwargs):
-    """A StentorTokenizer over the directory's vocabulary with the directory's own special-token ids."""
+def load_foreign_tokenizer(path: str | Path, found=None, **kwargs):
+    """A StentorTokenizer over the directory's vocabulary with the directory's own special-token ids
+    (`found`: what `foreign_vocab` returned for it, so the vocabulary is not read again)."""
     from stentor.tokenizer.hf import StentorTokenizer
-    from stentor.tokenizer.tokenmonster import Vocab
 
     path = Path(path)
-    vocab_path = find_vocab(path)
-    if vocab_path is None:
+    found = found or find_vocab(path)
+    if found is None:
         raise StentorError(f"{path} has no TokenMonster vocabulary file")
-    vocab = Vocab.load(vocab_path)
+    vocab_path, vocab = found
     added, roles = read_special_ids(path, vocab.id_table_size)
     config = _json(path / "tokenizer_config.json")
     adapter = (config.get("auto_map") or {}).get("AutoTokenizer") or config.get("tokenizer_class")
@@ -141,11 +144,7 @@ def load_foreign_tokenizer(path: str | Path, **kwargs):
     for flag in ("add_bos_token", "add_eos_token"):
         if isinstance(config.get(flag), bool):
             options[flag] = config[flag]
-    tokenizer = StentorTokenizer.from_vocab(vocab, special_ids=added, **{**options, **kwargs})
-    for role, name in roles.items():
-        if name is not None and tokenizer.convert_tokens_to_ids(name) != next(i for i, n in added.items() if n == name):
-            raise StentorError(f"{path}: {role}_token {name!r} does not map to its id")  # a defect of ours, stated plainly
-    return tokenizer
+    return StentorTokenizer.from_vocab(vocab, special_ids=added, **{**options, **kwargs})
 
 
 # Copied byte for byte; the adapter, its vocabulary and its tokenizer files are replaced by ours.
@@ -163,13 +162,14 @@ def convert_checkpoint(src: str | Path, out: str | Path) -> Path:
     src = Path(src)
     if not src.is_dir():
         raise StentorError(f"{src} is not a directory; pass the checkpoint directory")
-    if not is_foreign_tokenmonster_dir(src):
+    found = foreign_vocab(src)
+    if found is None:
         raise StentorError(f"{src} is not a checkpoint with a TokenMonster adapter (a tokenizer_config.json that is not "
                            "StentorTokenizer's and a .vocab file); nothing to convert")  # fmt: skip
     weights = sorted(src.glob("*.safetensors"))
     if not weights or not (src / "config.json").is_file():
         raise StentorError(f"{src} lacks config.json or .safetensors weights; re-download the checkpoint")
-    tokenizer = load_foreign_tokenizer(src)
+    tokenizer = load_foreign_tokenizer(src, found)
     with atomic_dir(out) as tmp:
         for f in [*weights, *(src / name for name in _KEEP)]:
             if f.is_file():

@@ -59,10 +59,11 @@ def load_tokenizer(spec: str | os.PathLike, **kwargs):
         use_fast_backend(tokenizer.vocab)
         return tokenizer
     if path.is_dir():
-        from stentor.tokenizer.foreign import is_foreign_tokenmonster_dir, load_foreign_tokenizer
+        from stentor.tokenizer.foreign import foreign_vocab, load_foreign_tokenizer
 
-        if is_foreign_tokenmonster_dir(path):  # e.g. the released StentorLabs checkpoints: their adapter is not run
-            tokenizer = load_foreign_tokenizer(path, **kwargs)
+        found = foreign_vocab(path)
+        if found is not None:  # e.g. the released StentorLabs checkpoints: their adapter is not run
+            tokenizer = load_foreign_tokenizer(path, found, **kwargs)
             use_fast_backend(tokenizer.vocab)
             return tokenizer
     if path.is_file() or spec.endswith(".vocab") or (not path.exists() and is_official_name(spec)):
