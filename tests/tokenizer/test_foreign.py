@@ -186,3 +186,90 @@ def test_quantize_keeps_the_dirs_special_ids(official, tmp_path):
     assert (lm.tokenizer.bos_token_id, lm.tokenizer.eos_token_id) == (ids["<s>"], ids["</s>"])
     assert lm.eos_ids == frozenset({ids["</s>"]})
     assert isinstance(lm.generate("once upon a time", greedy=True, max_new_tokens=4), str)
+
+
+def greedy_hf(model, prompt: list[int], n: int) -> list[int]:
+    seq = list(prompt)
+    for _ in range(n):
+        with torch.no_grad():
+            seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(prompt) :]
+
+
+def test_half_weights_load_as_fp32_unless_dtype_keeps_them(official):
+    import stentor
+    from stentor.infer.decoding import SamplingParams
+    from stentor.infer.engine import Engine
+    from stentor.model.loading import load_model
+
+    path, _ = official
+    assert next(load_model(path).parameters()).dtype == torch.float32
+    assert next(load_model(path, dtype="auto").parameters()).dtype == torch.float16  # as saved
+    assert next(load_model(path, dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    with pytest.raises(StentorError, match="unknown dtype 'half'; choose one of float32, float16, bfloat16, auto"):
+        load_model(path, dtype="half")
+    lm = stentor.load(str(path), dtype="float16")
+    assert isinstance(lm.engine, Engine) and lm.engine.dtype == torch.float16 and lm.model.dtype == torch.float16
+    prompt = lm.encode("once upon a time")
+    params = SamplingParams(greedy=True, repetition_penalty=1.0, max_new_tokens=8)
+    ours = [s.tokens[0] for s in lm.generate_ids([prompt], params)]
+    assert ours == greedy_hf(lm.model, prompt, len(ours))[: len(ours)]  # the same fp16 weights, computed in fp16
+
+
+def test_serve_answers_on_the_official_layout(official):
+    import subprocess
+    import time
+
+    import httpx
+    import stentor
+
+    from infer.test_server import free_port
+
+    path, ids = official
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stentor", "serve", "--model", str(path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "slow"
+            time.sleep(0.2)
+        body = {"prompt": "once upon a time", "max_tokens": 8, "temperature": 0, "repetition_penalty": 1.0}
+        served = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+        direct = stentor.load(str(path)).generate("once upon a time", greedy=True, repetition_penalty=1.0,
+                                                  max_new_tokens=8)  # fmt: skip
+        assert served["choices"][0]["text"] == direct
+        assert served["usage"]["prompt_tokens"] == len(load_tokenizer(path)("once upon a time").input_ids)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_every_engine_stops_at_the_dirs_own_eos(official, tmp_path):
+    """Weights rigged so that the dir's EOS is always the most likely token: output ends there, at once."""
+    import shutil
+
+    import stentor
+    from safetensors.torch import load_file, save_file
+
+    src, ids = official
+    path = shutil.copytree(src, tmp_path / "eos")
+    weights = load_file(path / "model.safetensors")
+    for name, tensor in weights.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            tensor.zero_()  # the layers add nothing: the last hidden state is the token's embedding
+    weights["model.norm.weight"].zero_()[0] = 1  # only feature 0 survives the final norm
+    embed = weights["model.embed_tokens.weight"]  # tied: also the LM head
+    embed[:, 0] = 1
+    embed[ids["</s>"], 0] = 10
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    for engine in ("stentor", "torch", "hf"):
+        lm = stentor.load(str(path), engine=engine)
+        assert lm.generate("once upon a time", greedy=True, max_new_tokens=8) == "", engine
+        steps = list(lm.generate_ids([lm.encode("once upon a time")], stentor.infer.decoding.SamplingParams(greedy=True)))
+        assert [s.tokens for s in steps] == [[ids["</s>"]]] and steps[-1].finished == [True], engine

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from stentor.errors import StentorError
+from stentor.model.loading import DTYPES
 
 BLIMP_HELP = "local dir with the 67 BLiMP <UID>.jsonl files, or the hub dataset id (default: %(default)s)"
 
@@ -27,6 +28,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Hugging Face causal LM: a local dir (save_pretrained) or a hub id")
     p.add_argument("--tokenizer", help="tokenizer dir, .vocab file or hub id (default: the model dir)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    p.add_argument("--dtype", choices=DTYPES, help="the weights' dtype: float32 (default, whatever the checkpoint was "
+                   "saved in), float16/bfloat16 (keep half: what a GPU then computes in), auto (as saved)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="matmul precision: bf16 runs the layers on the CPU's bf16 units (AMX) with an fp32 "
@@ -166,7 +169,7 @@ def _load(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from stentor.eval.loading import load_model_and_tokenizer
 
-    return load_model_and_tokenizer(args.model, args.tokenizer, args.device)
+    return load_model_and_tokenizer(args.model, args.tokenizer, args.device, getattr(args, "dtype", None))
 
 
 def _ppl(args, model, tokenizer, corpus, batch_size):

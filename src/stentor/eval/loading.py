@@ -24,12 +24,13 @@ def load_tokenizer(path: str):
         ) from None
 
 
-def load_model_and_tokenizer(model_path: str, tokenizer_path: str | None = None, device: str = "cpu"):
+def load_model_and_tokenizer(model_path: str, tokenizer_path: str | None = None, device: str = "cpu",
+                             dtype: str | None = None):
     """Tokenizer first (cheap, and its absence is the commoner mistake), then the model; check they agree."""
     if not Path(model_path).exists() and (model_path.startswith((".", "/", "~")) or model_path.count("/") > 1):
         raise StentorError(f"model dir {model_path} does not exist; pass a directory written by save_pretrained")
     tokenizer = load_tokenizer(tokenizer_path or model_path)
-    model = load_model(model_path, device)
+    model = load_model(model_path, device, dtype)
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise StentorError(

@@ -55,15 +55,20 @@ class Stentor:
         self.tokenizer = tokenizer
         self.engine = runtime
         if model is not None:
-            if getattr(model, "stentor_quantization", None) is None:
-                model = model.float()  # fp32 like the engines; a quantized model keeps the dtypes its kernels need
+            import torch
+
+            half = getattr(model, "stentor_quantization", None) is None and model.dtype != torch.float32
             self._model = model.eval()
             if engine == "stentor" and not compile:
-                self.engine = _native_or_none(lambda w: w.from_model(model), threads)
+                if half:  # the runtime computes in fp32/int8; half weights were asked for, so keep them
+                    log.info("stentor: %s weights run on the torch engine (the compiled runtime is fp32/int8)",
+                             str(model.dtype).removeprefix("torch."))
+                else:
+                    self.engine = _native_or_none(lambda w: w.from_model(model), threads)
             if engine != "hf" and self.engine is None:
                 from stentor.infer.engine import Engine
 
-                self.engine = Engine(model, compile=compile)
+                self.engine = Engine(model, compile=compile, dtype=model.dtype if half else torch.float32)
             config = model.config
             self.vocab_size, self.context = config.vocab_size, config.max_position_embeddings
             model_eos = [getattr(model, "generation_config", None), config]
@@ -298,6 +303,7 @@ def load(
     engine: str = "stentor",
     compile: bool = False,
     threads: int | None = None,
+    dtype: str | None = None,
 ) -> Stentor:
     """Load a model directory (or a hub id, when online or cached) and its tokenizer.
 
@@ -305,6 +311,8 @@ def load(
     A `stentor quantize` directory loads with its int8/int4 layers, in every engine. With the
     default engine a Llama-shaped directory with a Stentor tokenizer loads on the lean path
     (module docstring); `threads` is the compiled runtime's thread count (default: the cores).
+    Float weights load as float32 whatever they were saved in; `dtype` ("float16", "bfloat16",
+    or "auto" = as saved) keeps half weights, decoded by the torch engine in that dtype.
     """
     if engine not in ENGINES:
         raise StentorError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -313,18 +321,30 @@ def load(
 
     path = local_path(spec)  # a hub id: downloaded, or the HF cache's copy when offline
     spec = str(path) if path.exists() else spec
+    if dtype not in (None, "float32"):
+        import torch
+
+        from stentor.model.loading import torch_dtype
+
+        if torch_dtype(dtype, path if path.is_dir() else None) != torch.float32:
+            return _load_torch(spec, path, tokenizer, engine=engine, compile=compile, threads=threads, dtype=dtype)
     if engine == "stentor" and not compile and path.is_dir():
         lean = _lean_load(path, Path(tokenizer).expanduser() if tokenizer is not None else path, threads)
         if isinstance(lean, Stentor):
             return lean
         if lean == "refused":  # the runtime said why (once); the torch engine it is
             engine = "torch"
+    return _load_torch(spec, path, tokenizer, engine=engine, compile=compile, threads=threads)
+
+
+def _load_torch(spec: str, path: Path, tokenizer, *, dtype: str | None = None, **options) -> Stentor:
+    """The HF model and tokenizer, for the torch engine, HF generate, or the runtime fed from torch."""
     from stentor.model.loading import load_model
     from stentor.tokenizer.hf import load_tokenizer
 
-    model = load_model(spec)
+    model = load_model(spec, dtype=dtype)
     tok = load_tokenizer(tokenizer if tokenizer is not None else (str(path) if path.exists() else spec))
-    return Stentor(model, tok, engine=engine, compile=compile, threads=threads, source=spec)
+    return Stentor(model, tok, source=spec, **options)
 
 
 def _lean_load(path: Path, tokenizer_dir: Path, threads: int | None) -> Stentor | str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from stentor.model.loading import DTYPES
 from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
 
 
@@ -18,7 +19,8 @@ def _load(args: argparse.Namespace):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # keep the terminal for the generated text
-    lm = load(args.model, tokenizer=args.tokenizer, engine=args.engine, compile=args.compile, threads=args.threads)
+    lm = load(args.model, tokenizer=args.tokenizer, engine=args.engine, compile=args.compile, threads=args.threads,
+              dtype=args.dtype)
     if args.threads is not None and "torch" in sys.modules:  # the torch engine or HF generate
         sys.modules["torch"].set_num_threads(args.threads)
     return lm
@@ -100,6 +102,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's forward (slow start, needs a C++ compiler)")
     p.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use, at most 8)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights' dtype: float32 (default, whatever the checkpoint was saved "
+                   "in), float16/bfloat16 (keep half; the torch engine), auto (as saved)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

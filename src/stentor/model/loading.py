@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from stentor.errors import StentorError
 
@@ -12,12 +13,35 @@ def looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
 
 
-def load_model(spec: str | os.PathLike, device: str = "cpu"):
+# what `--dtype` accepts: float32 (the default; what the CPU engines compute in), a half type, or
+# "auto" = the dtype the checkpoint was saved in (config.json's dtype / torch_dtype)
+DTYPES = ("float32", "float16", "bfloat16", "auto")
+
+
+def torch_dtype(name: str | None, path: os.PathLike | None = None):
+    """The torch dtype for a `--dtype` name (None = float32); "auto" reads the checkpoint's config."""
+    import torch
+
+    name = name or "float32"
+    if name not in DTYPES:
+        raise StentorError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    if name == "auto":
+        import json
+
+        config = json.loads((Path(path) / "config.json").read_text()) if path is not None else {}
+        name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+        if name not in DTYPES[:3]:
+            raise StentorError(f"{path}/config.json: dtype {name!r} is not one of {', '.join(DTYPES[:3])}; pass --dtype")
+    return getattr(torch, name)
+
+
+def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: str | None = None):
     """An `AutoModelForCausalLM` in eval mode: a local directory, a `stentor quantize` directory, or a hub id.
 
-    Float models load in float32. Weights are read from safetensors only (never unpickled).
+    Float models load in float32 whatever dtype they were saved in (the released fp16 weights
+    included), unless `dtype` asks for float16, bfloat16 or "auto" (as saved). Weights are read
+    from safetensors only (never unpickled).
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     from stentor.model.quant_format import is_quantized_dir
@@ -34,11 +58,13 @@ def load_model(spec: str | os.PathLike, device: str = "cpu"):
     if not (path / "config.json").is_file():
         raise StentorError(f"{path} is not a model directory (no config.json); pass a directory saved by stentor")
     if is_quantized_dir(path):
+        if dtype not in (None, "float32", "auto"):
+            raise StentorError(f"{path} is a `stentor quantize` directory; its layers have their own dtypes (drop --dtype)")
         return load_quantized(path).to(device).eval()
     if not any(path.glob("*.safetensors")):
         raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype, path), use_safetensors=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StentorError(f"cannot load the model in {path}: {first}") from None
