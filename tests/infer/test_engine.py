@@ -157,3 +157,47 @@ def test_rejects_non_llama_models():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
     with pytest.raises(StentorError, match="--engine hf"):
         Engine(model)
+
+
+@pytest.fixture(scope="module", params=["torch", "native"])
+def any_engine(request):
+    model = build_model(get_preset("stentor2-tiny-gqa"), seed=0).eval()
+    if request.param == "torch":
+        return model, Engine(model)
+    from stentor.infer.native import NativeEngine, Weights
+
+    return model, NativeEngine(Weights.from_model(model))
+
+
+def test_logprobs_are_the_raw_log_softmax_whatever_the_sampler_does(any_engine):
+    model, engine = any_engine
+    prompts = [list(range(10, 30)), [5, 6, 7]]
+    rows = [SamplingParams(seed=3, max_new_tokens=6, stop_at_eos=False, logprobs=4, temperature=0.7, top_k=9),
+            SamplingParams(greedy=True, max_new_tokens=6, stop_at_eos=False)]  # fmt: skip
+    steps = list(engine.generate(prompts, rows))
+    assert all(s.logprobs[1] is None for s in steps)
+    new = [s.tokens[0] for s in steps]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompts[0] + new])).logits[0].double()
+    ref = torch.log_softmax(logits, -1)[len(prompts[0]) - 1 : -1]
+    for k, step in enumerate(steps):
+        lp = step.logprobs[0]
+        assert lp.logprob == pytest.approx(float(ref[k, new[k]]), abs=1e-4)
+        best = ref[k].topk(4)
+        assert [t for t, _ in lp.top] == best.indices.tolist()
+        assert [v for _, v in lp.top] == pytest.approx(best.values.tolist(), abs=1e-4)
+
+
+def test_a_cancelled_row_ends_at_once_and_the_others_go_on(any_engine):
+    _, engine = any_engine
+    prompts = [list(range(40, 50)), list(range(60, 66))]
+    params = SamplingParams(greedy=True, max_new_tokens=20, stop_at_eos=False)
+    alone = decode_rows(engine, prompts[1:], params)[0]
+    seen = []
+
+    def cancelled(i: int) -> bool:
+        seen.append(i)
+        return i == 0 and len(seen) > 6  # row 0's client leaves after a few steps
+
+    rows = decode_rows(engine, prompts, params, cancelled=cancelled)
+    assert 3 <= len(rows[0]) < 20 and rows[1] == alone

@@ -3,54 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from serving import stentor_serve
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stentor", "serve", "--model", str(tiny_dir), "--port", str(port),
-         "--model-name", "tiny", "--max-tokens", "64", "--max-prompt-tokens", "100", "--max-body-bytes", "4096",
-         "--batch-wait-ms", "20"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stdout.read()}")
-        time.sleep(0.2)
-    yield proc, url
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    with stentor_serve(tiny_dir, "--model-name", "tiny", "--max-tokens", "64", "--max-prompt-tokens", "100",
+                       "--max-body-bytes", "4096", "--batch-wait-ms", "20") as running:  # fmt: skip
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +71,62 @@ def test_sse_wire_format(server):
     assert json.loads(lines[0][6:])["object"] == "text_completion"
 
 
+def hf_logprobs(model_dir, ids: list[int], start: int):
+    """log-softmax of the HF model's raw logits at each position from `start` on (float64)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    return torch.log_softmax(logits, -1)[start - 1 : len(ids) - 1]
+
+
+def test_completion_logprobs_are_the_models_raw_log_softmax(client, tiny_dir):
+    from transformers import AutoTokenizer
+
+    out = client.completions.create(model="tiny", prompt="The history of", max_tokens=10, seed=3, logprobs=3)
+    lp = out.choices[0].logprobs
+    ids = lp.model_extra["token_ids"]
+    assert len(ids) == len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == out.usage.completion_tokens
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    prompt = tok("The history of").input_ids
+    ref = hf_logprobs(tiny_dir, prompt + ids, len(prompt))  # sampled at temperature 0.8 with a penalty: raw logits
+    for k, token in enumerate(ids):
+        assert lp.token_logprobs[k] == pytest.approx(float(ref[k, token]), abs=1e-4)
+        best = ref[k].topk(3)
+        assert list(lp.top_logprobs[k].values()) == pytest.approx(best.values.tolist(), abs=1e-4)
+    offsets, text = lp.text_offset, out.choices[0].text
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] <= len(text)
+    for k, piece in enumerate(lp.tokens):  # a whole-character piece sits at its offset in the text
+        if not piece.startswith("<"):
+            assert text[offsets[k] :].startswith(piece), (k, piece)
+    streamed = client.completions.create(model="tiny", prompt="The history of", max_tokens=10, seed=3, logprobs=3,
+                                         stream=True)  # fmt: skip
+    chunks = [c.choices[0].logprobs for c in streamed if c.choices[0].logprobs]
+    assert [i for c in chunks for i in c.model_extra["token_ids"]] == ids
+    assert [x for c in chunks for x in c.token_logprobs] == lp.token_logprobs
+
+
+def test_chat_logprobs_and_their_limits(client, server):
+    messages = [{"role": "user", "content": "hello"}]
+    out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, seed=2, logprobs=True,
+                                         top_logprobs=2)  # fmt: skip
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in content)
+    assert all(t.logprob <= 0 for t in content)
+    assert all(bytes(t.bytes).decode() == t.token for t in content if not t.token.startswith("<"))
+    assert client.chat.completions.create(model="tiny", messages=messages, max_tokens=3).choices[0].logprobs is None
+    for body, fragment in [({"prompt": "x", "logprobs": 6}, "between 0 and 5"),
+                           ({"messages": messages, "top_logprobs": 2}, "needs 'logprobs': true"),
+                           ({"messages": messages, "logprobs": True, "top_logprobs": 21}, "between 0 and 20"),
+                           ({"messages": messages, "logprobs": 3}, "true or false")]:  # fmt: skip
+        path = "chat/completions" if "messages" in body else "completions"
+        r = httpx.post(f"{server[1]}/v1/{path}", json=body, timeout=30)
+        assert r.status_code == 400 and fragment in r.json()["error"]["message"], body
+
+
 @pytest.mark.parametrize(
     "body, fragment",
     [
@@ -148,6 +172,19 @@ def test_concurrent_requests_are_batched(client, server):
     assert after["requests"] - before["requests"] == 16
     assert after["batches"] - before["batches"] < 16  # some requests shared a batch
     assert after["max_batch_seen"] > 1
+
+
+def test_the_playground_files_and_nothing_else(server):
+    url = server[1]
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'src="playground/playground.js"' in page.text
+    assert httpx.get(f"{url}/playground/playground.js").headers["content-type"].startswith("text/javascript")
+    config = httpx.get(f"{url}/playground/config.json").json()
+    assert config["model"] == "tiny" and config["max_tokens"] == 64 and config["max_prompt_tokens"] == 100
+    assert config["defaults"]["temperature"] == 0.8 and config["parameters"] > 0 and len(config["examples"]) == 4
+    for name in ("server.py", "..%2Fserver.py", "web", "playground.py"):
+        assert httpx.get(f"{url}/playground/{name}").status_code == 404, name
 
 
 def test_sigterm_drains_and_exits_zero(server, client):

@@ -217,37 +217,17 @@ def test_half_weights_load_as_fp32_unless_dtype_keeps_them(official):
 
 
 def test_serve_answers_on_the_official_layout(official):
-    import subprocess
-    import time
-
     import httpx
     import stentor
-
-    from infer.test_server import free_port
+    from serving import stentor_serve
 
     path, ids = official
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "stentor", "serve", "--model", str(path), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "slow"
-            time.sleep(0.2)
+    with stentor_serve(path) as (_, url):
         body = {"prompt": "once upon a time", "max_tokens": 8, "temperature": 0, "repetition_penalty": 1.0}
         served = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
-        direct = stentor.load(str(path)).generate("once upon a time", greedy=True, repetition_penalty=1.0,
-                                                  max_new_tokens=8)  # fmt: skip
-        assert served["choices"][0]["text"] == direct
-        assert served["usage"]["prompt_tokens"] == len(load_tokenizer(path)("once upon a time").input_ids)
-    finally:
-        proc.kill()
-        proc.wait()
+    direct = stentor.load(str(path)).generate("once upon a time", greedy=True, repetition_penalty=1.0, max_new_tokens=8)
+    assert served["choices"][0]["text"] == direct
+    assert served["usage"]["prompt_tokens"] == len(load_tokenizer(path)("once upon a time").input_ids)
 
 
 def test_every_engine_stops_at_the_dirs_own_eos(official, tmp_path):

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
+from serving import free_port
 from train_helpers import REPO, stentor_env, tiny_recipe, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_split_the_data_and_rank0_writes_once(corpus_and_tokenizer, tmp_path):

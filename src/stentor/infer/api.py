@@ -93,6 +93,11 @@ class Stentor:
         return self._model
 
     @property
+    def config(self) -> dict:
+        """The model's config.json as a dict (from the runtime's weights or the HF model)."""
+        return dict(self.engine.weights.config) if self._model is None else self._model.config.to_dict()
+
+    @property
     def hf_tokenizer(self):
         """The tokenizer as a transformers object (after a lean load it is loaded on first use)."""
         if hasattr(self.tokenizer, "convert_ids_to_tokens"):
@@ -157,14 +162,17 @@ class Stentor:
 
     # -- generation --------------------------------------------------------------------------
 
-    def generate_ids(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> Iterator[Step]:
-        """Token steps for a batch of encoded prompts (one row each)."""
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                     cancelled=None) -> Iterator[Step]:
+        """Token steps for a batch of encoded prompts (one row each); `cancelled(i)` ends row i early."""
         rows = params if isinstance(params, list) else [params] * len(prompts)
         guard = self.utf8_guard() if any(p.suppress_replacement_tokens for p in rows) else None
         if self.engine is not None:
-            return self.engine.generate(prompts, rows, self.eos_ids, self.pad_id, guard)
+            return self.engine.generate(prompts, rows, self.eos_ids, self.pad_id, guard, cancelled)
         if len(set(rows)) != 1 or len({len(p) for p in prompts}) != 1:
             raise StentorError("the hf engine decodes one setting and one prompt length per call; use --engine stentor")
+        if rows[0].logprobs is not None:
+            raise StentorError("logprobs come from the stentor and torch engines, not hf; use --engine stentor")
         return _hf_steps(self, prompts, rows[0], guard)
 
     def _expand(self, prompt, chat: bool, sampling: dict) -> tuple[list[list[int]], SamplingParams]:

@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
     max_prompt = args.max_prompt_tokens or lm.context * 3 // 4
     if max_prompt >= lm.context:
         raise StentorError(f"--max-prompt-tokens {max_prompt} must be below the model's context of {lm.context}")
-    return serve(lm, config(max_prompt))
+    return serve(lm, config(max_prompt), open_page=args.open)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -157,12 +157,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API",
         description=(
-            "Serve /v1/completions, /v1/chat/completions (both with stream: true as server-sent events),\n"
+            "Serve a playground page at / (prompt, sampling controls, chat, token view; --open opens it),\n"
+            "/v1/completions, /v1/chat/completions (both with stream: true as server-sent events),\n"
             "/v1/models, /health and /metrics. Concurrent requests are decoded together in one batch.\n"
             "Besides OpenAI's fields, requests may set top_k, min_p, repetition_penalty and\n"
             "suppress_replacement_tokens; unset fields use the card's defaults. Ctrl-C / SIGTERM stops\n"
             "accepting requests, finishes the ones in flight, and exits 0.\n"
             "Example:\n"
+            "  stentor serve --model runs/my-model --open      # the playground in your browser\n"
             "  stentor serve --model runs/my-model --port 8000\n"
             "  curl localhost:8000/v1/completions -d '{\"prompt\": \"The history of\", \"max_tokens\": 50}'"
         ),
@@ -182,4 +184,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long an idle server waits to gather a batch (default: %(default)s)"
     )
+    p.add_argument("--open", action="store_true", help="open the playground page (GET /) in the default browser")
     p.set_defaults(func=_serve)

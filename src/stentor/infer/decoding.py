@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from stentor.errors import StentorError
 from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
 
+MAX_LOGPROBS = 20  # top alternatives a step may report (OpenAI chat allows 20; completions 5)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -29,6 +31,7 @@ class SamplingParams:
     max_new_tokens: int = MAX_NEW_TOKENS_DEFAULT
     stop_at_eos: bool = True
     suppress_replacement_tokens: bool = False
+    logprobs: int | None = None  # report each chosen token's log-probability and this many top alternatives
 
     def __post_init__(self) -> None:
         def bad(name: str, value, rule: str) -> StentorError:
@@ -56,6 +59,10 @@ class SamplingParams:
                 raise bad(name, value, "must be a positive integer")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise bad("seed", self.seed, "must be a non-negative integer")
+        if self.logprobs is not None and (
+            isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise bad("logprobs", self.logprobs, f"must be an integer in [0, {MAX_LOGPROBS}] or unset")
 
     @property
     def do_sample(self) -> bool:
@@ -67,10 +74,47 @@ class SamplingParams:
 
 @dataclass
 class Step:
-    """One decode step: the new token of every row and which rows are finished (EOS or length)."""
+    """One decode step: the new token of every row and which rows are finished (EOS or length).
+
+    `logprobs[i]` is set for the rows whose params ask for logprobs (see `chosen_logprobs`).
+    """
 
     tokens: list[int]
     finished: list[bool]
+    logprobs: list[TokenLogprobs | None] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The chosen token's log-probability and the `k` most likely tokens with theirs, most likely first.
+
+    They are the log-softmax of the model's raw logits: before the repetition penalty, temperature
+    and truncation (vLLM's default), so they describe the model, not the sampler.
+    """
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def chosen_logprobs(logits, chosen: list[int], params: list[SamplingParams]) -> list[TokenLogprobs | None] | None:
+    """`TokenLogprobs` of each row of `logits` ([rows, V] raw, numpy) that asks for them, else None."""
+    if all(p.logprobs is None for p in params):
+        return None
+    import numpy as np
+
+    out: list[TokenLogprobs | None] = []
+    for row, token, p in zip(logits, chosen, params):
+        if p.logprobs is None:
+            out.append(None)
+            continue
+        row = row.astype(np.float64)
+        shifted = row - row.max()
+        logp = shifted - np.log(np.exp(shifted).sum())
+        k = p.logprobs
+        best = np.argpartition(-logp, k)[:k] if 0 < k < len(logp) else np.arange(len(logp) if k else 0)
+        best = best[np.argsort(-logp[best], kind="stable")]
+        out.append(TokenLogprobs(float(logp[token]), [(int(t), float(logp[t])) for t in best]))
+    return out
 
 
 def plan_rows(

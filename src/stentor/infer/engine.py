@@ -20,14 +20,14 @@ reproduces HF's processors, so greedy and seeded sampled tokens match HF `genera
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from stentor.errors import StentorError
-from stentor.infer.decoding import SamplingParams, Step, fit_prompt, plan_rows
+from stentor.infer.decoding import SamplingParams, Step, chosen_logprobs, fit_prompt, plan_rows
 from stentor.infer.sampling import LogitsPipeline
 from stentor.infer.text import Utf8Guard
 
@@ -329,6 +329,7 @@ class Engine:
         eos_ids: set[int] | frozenset[int] = frozenset(),
         pad_id: int = 0,
         guard: Utf8Guard | None = None,
+        cancelled: Callable[[int], bool] | None = None,
     ) -> Iterator[Step]:
         """Decode every prompt (one row each) and yield a `Step` per new token position.
 
@@ -336,6 +337,7 @@ class Engine:
         its params stop at EOS), after its `max_new_tokens`, or at the end of the context.
         Prompts must already fit the context (see `fit_prompt`). With a `guard`, rows whose params
         set `suppress_replacement_tokens` never emit a token that would render as U+FFFD.
+        `cancelled(i)` turning true ends row i at its current token (a server's client went away).
         """
         rows, budget = plan_rows(prompts, params, self.max_positions)
         batch = len(prompts)
@@ -367,23 +369,26 @@ class Engine:
         logits = self._forward(ids, positions, 0, mask, last_only=True)
         count = [0] * batch
         finished = [False] * batch
+        wants_logprobs = any(p.logprobs is not None for p in rows)
         column = width
         while True:
             banned = None
             if guard is not None:
                 last = [c + 1 >= b for c, b in zip(count, budget)]
                 banned = torch.from_numpy(guard.mask(states, last)) & guarded
+            raw = logits.float().numpy().copy() if wants_logprobs else None
             tokens = pipeline.choose(logits, seen, generator, banned)
             if guard is not None:
                 states = guard.advance(states, tokens.numpy())
             token_list = tokens.tolist()
+            logprobs = chosen_logprobs(raw, token_list, rows) if raw is not None else None
             for i, token in enumerate(token_list):
                 if finished[i]:
                     continue
                 count[i] += 1
-                if (rows[i].stop_at_eos and token in eos_ids) or count[i] >= budget[i]:
+                if (rows[i].stop_at_eos and token in eos_ids) or count[i] >= budget[i] or (cancelled and cancelled(i)):
                     finished[i] = True
-            yield Step(token_list, list(finished))
+            yield Step(token_list, list(finished), logprobs)
             if all(finished):
                 return
             seen.scatter_(1, tokens[:, None], True)

@@ -18,13 +18,13 @@ import ctypes
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from stentor.errors import StentorError
-from stentor.infer.decoding import SamplingParams, Step, fit_prompt, plan_rows
+from stentor.infer.decoding import SamplingParams, Step, chosen_logprobs, fit_prompt, plan_rows
 from stentor.model.quant_format import QUANT_METHOD
 
 
@@ -407,6 +407,7 @@ class NativeEngine:
         eos_ids: set[int] | frozenset[int] = frozenset(),
         pad_id: int = 0,
         guard=None,
+        cancelled: Callable[[int], bool] | None = None,
     ) -> Iterator[Step]:
         """Decode every prompt (one row each) and yield a `Step` per new token position (see `Engine.generate`).
 
@@ -439,6 +440,7 @@ class NativeEngine:
             a.ctypes.data for a in (active, tokens, positions, out_rows, chosen, uniform, logits, seen, self._work))
         count = [0] * batch
         finished = [False] * batch
+        wants_logprobs = any(p.logprobs is not None for p in rows)
         n = batch
         while True:
             banned, p_banned = None, None
@@ -448,18 +450,24 @@ class NativeEngine:
                 p_banned = banned.ctypes.data
             params_now = table if n == batch else (_Params * n)(*[table[i] for i in active[:n].tolist()])
             uniform[:n] = draw(active[:n])
+            raw = logits[:n].copy() if wants_logprobs else None  # st_sample rewrites the logits in place
             lib.st_sample(n, V, p_logits, p_active, p_seen, p_banned, ctypes.addressof(params_now), p_uniform,
                           p_chosen, p_work)
             slots, picked = active[:n].tolist(), chosen[:n].tolist()
+            logprobs = None
+            if raw is not None:
+                logprobs = [None] * batch
+                for i, lp in zip(slots, chosen_logprobs(raw, picked, [rows[i] for i in slots])):
+                    logprobs[i] = lp
             if states is not None:
                 states[active[:n]] = guard.advance(states[active[:n]], chosen[:n])
             step = [pad_id] * batch
             for i, token in zip(slots, picked):
                 step[i] = token
                 count[i] += 1
-                if (rows[i].stop_at_eos and token in eos_ids) or count[i] >= budget[i]:
+                if (rows[i].stop_at_eos and token in eos_ids) or count[i] >= budget[i] or (cancelled and cancelled(i)):
                     finished[i] = True
-            yield Step(step, list(finished))
+            yield Step(step, list(finished), logprobs)
             if all(finished):
                 return
             keep = [k for k, i in enumerate(slots) if not finished[i]]

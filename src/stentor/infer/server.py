@@ -23,7 +23,8 @@ from typing import Any
 from stentor.errors import StentorError
 from stentor.infer.api import Stentor, sampling_params
 from stentor.infer.decoding import SamplingParams
-from stentor.infer.text import streaming_decoder
+from stentor.infer.playground import ASSETS, asset, page_config
+from stentor.infer.text import streaming_decoder, token_pieces
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,17 @@ class Scheduler:
         # Fast tokenizers are not safe to use from two threads at once (requests encode, we decode).
         self.tokenizer_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="stentor-scheduler", daemon=True)
+        self._pieces: tuple[list[str], list[bytes]] | None = None
+
+    def pieces(self) -> tuple[list[str], list[bytes]]:
+        """Each id's text and bytes (`token_pieces`), built on the first request for logprobs."""
+        if self._pieces is None:
+            with self.tokenizer_lock:
+                try:
+                    self._pieces = token_pieces(self.lm.tokenizer, self.lm.vocab_size)
+                except StentorError as exc:
+                    raise BadRequest(f"logprobs are not available for this tokenizer: {exc}", "logprobs") from None
+        return self._pieces
 
     def start(self) -> None:
         self.thread.start()
@@ -167,7 +179,9 @@ class Scheduler:
         decoders = [streaming_decoder(lm.tokenizer) for _ in batch]
         done = [False] * len(batch)
         with lm.lock:
-            steps = lm.generate_ids([job.prompt for job in batch], [job.params for job in batch])
+            # a cancelled row (its client went away) leaves the batch at once instead of decoding on
+            steps = lm.generate_ids([job.prompt for job in batch], [job.params for job in batch],
+                                    cancelled=lambda i: batch[i].cancelled)  # fmt: skip
             for step in steps:
                 active = done.count(False)
                 for i, job in enumerate(batch):
@@ -179,7 +193,10 @@ class Scheduler:
                         job.completion_tokens += 1
                         with self.tokenizer_lock:
                             piece = decoders[i].push([token])
-                        if piece:
+                        logprobs = step.logprobs[i] if step.logprobs is not None else None
+                        if logprobs is not None:  # one event per token: the client lists every token
+                            job.send("token", piece, token, logprobs)
+                        elif piece:
                             job.send("text", piece)
                     if step.finished[i] or job.cancelled:
                         done[i] = True
@@ -207,14 +224,32 @@ def _number(body: dict, name: str, kind: type, default=None):
     return value
 
 
-def _params(body: dict, config: ServeConfig, max_tokens_key: tuple[str, ...]) -> tuple[SamplingParams, int]:
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Top alternatives asked for: completions' `logprobs` (0-5), chat's `logprobs` + `top_logprobs` (0-20)."""
+    if not chat:
+        value = _number(body, "logprobs", int)
+        if value is not None and not 0 <= value <= 5:
+            raise BadRequest(f"'logprobs' must be between 0 and 5, got {value}", "logprobs")
+        return value
+    wanted = body.get("logprobs", False)
+    if not isinstance(wanted, bool) and wanted is not None:
+        raise BadRequest(f"'logprobs' must be true or false, got {wanted!r}", "logprobs")
+    top = _number(body, "top_logprobs", int)
+    if top is not None and not 0 <= top <= 20:
+        raise BadRequest(f"'top_logprobs' must be between 0 and 20, got {top}", "top_logprobs")
+    if top is not None and not wanted:
+        raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _params(body: dict, config: ServeConfig, chat: bool) -> tuple[SamplingParams, int]:
     for name in ("frequency_penalty", "presence_penalty"):
         if _number(body, name, float, 0) != 0:
             raise BadRequest(f"'{name}' is not supported; use 'repetition_penalty' (card default 1.2)", name)
     if body.get("stop") not in (None, [], ""):
         raise BadRequest("'stop' sequences are not supported; the model stops at its EOS token", "stop")
     max_tokens = config.default_max_tokens
-    for key in max_tokens_key:
+    for key in ("max_tokens", "max_completion_tokens") if chat else ("max_tokens",):
         max_tokens = _number(body, key, int, max_tokens)
     if not 1 <= max_tokens <= config.max_tokens:
         raise BadRequest(f"'max_tokens' must be between 1 and {config.max_tokens}, got {max_tokens}", "max_tokens")
@@ -231,6 +266,7 @@ def _params(body: dict, config: ServeConfig, max_tokens_key: tuple[str, ...]) ->
             seed=_number(body, "seed", int),
             max_new_tokens=max_tokens,
             suppress_replacement_tokens=bool(body.get("suppress_replacement_tokens", False)),
+            logprobs=_logprobs(body, chat),
         )
     except StentorError as exc:
         raise BadRequest(str(exc)) from None
@@ -275,7 +311,7 @@ def build_app(lm: Stentor, config: ServeConfig):
         raise StentorError("stentor serve needs starlette and uvicorn: pip install 'stentor[serve]'")
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     if config.max_batch > 1 and lm.engine is None:
@@ -311,8 +347,9 @@ def build_app(lm: Stentor, config: ServeConfig):
     async def completions(request: Request, chat: bool):
         try:
             body = await read_json(request)
-            keys = ("max_tokens", "max_completion_tokens") if chat else ("max_tokens",)
-            params, n = _params(body, config, keys)
+            params, n = _params(body, config, chat)
+            if params.logprobs is not None:
+                scheduler.pieces()
             with scheduler.tokenizer_lock:
                 prompt = _prompt_ids(lm, body, chat, config)
             stream = body.get("stream", False)
@@ -331,14 +368,37 @@ def build_app(lm: Stentor, config: ServeConfig):
         created = int(time.time())
         meta = {"id": rid, "created": created, "model": config.model_name}
 
-        def choice(job: Job, text: str | None, finish: str | None, delta: bool) -> dict:
+        names, raw = scheduler.pieces() if params.logprobs is not None else (None, None)
+
+        def logprobs_of(tokens: list[tuple[int, Any, int]]) -> dict | None:
+            """OpenAI's logprobs object for (id, TokenLogprobs, text offset) triples."""
+            if params.logprobs is None:
+                return None
+            if chat:
+                def item(t: int, logprob: float) -> dict:  # "id" is ours: pieces can repeat
+                    return {"token": names[t], "logprob": logprob, "bytes": list(raw[t]), "id": t}
+
+                return {"content": [{**item(t, lp.logprob), "top_logprobs": [item(a, b) for a, b in lp.top]}
+                                    for t, lp, _ in tokens]}  # fmt: skip
+            return {
+                "tokens": [names[t] for t, _, _ in tokens],
+                "token_logprobs": [lp.logprob for _, lp, _ in tokens],
+                "top_logprobs": [{names[a]: b for a, b in lp.top} for _, lp, _ in tokens],
+                "text_offset": [offset for _, _, offset in tokens],
+                "token_ids": [t for t, _, _ in tokens],  # ours: the ids, since pieces can repeat
+            }
+
+        def choice(job: Job, text: str | None, finish: str | None, delta: bool, tokens=()) -> dict:
             out: dict[str, Any] = {"index": job.index, "finish_reason": finish}
             if not chat:
-                out.update(text=text or "", logprobs=None)
-            elif delta:
+                out.update(text=text or "", logprobs=logprobs_of(list(tokens)))
+                return out
+            if delta:
                 out["delta"] = {} if text is None else {"role": "assistant", "content": text}
             else:
                 out["message"] = {"role": "assistant", "content": text}
+            if params.logprobs is not None:
+                out["logprobs"] = logprobs_of(list(tokens))
             return out
 
         async def merged():
@@ -360,18 +420,36 @@ def build_app(lm: Stentor, config: ServeConfig):
                     job.cancelled = True
 
         usage_completion = 0
+        offsets = {job.index: 0 for job in jobs}  # characters of completion text sent so far, per row
+
+        def token_of(job: Job, event: tuple) -> tuple[int, Any, int]:
+            """The (id, logprobs, text offset) of a "token" event; moves the row's offset past its text.
+
+            A piece can begin with text held back from earlier tokens (bytes that only now made a
+            character), so a token whose own text ends the piece starts where that text does."""
+            _, piece, token, lp = event
+            start = offsets[job.index]
+            offsets[job.index] += len(piece)
+            if names[token] and piece.endswith(names[token]):
+                start = offsets[job.index] - len(names[token])
+            return token, lp, start
+
         if not stream:
             texts: dict[int, list[str]] = {job.index: [] for job in jobs}
+            tokens: dict[int, list[tuple]] = {job.index: [] for job in jobs}
             finishes: dict[int, str] = {}
             async for job, event in merged():
-                if event[0] == "text":
+                if event[0] in ("text", "token"):
                     texts[job.index].append(event[1])
+                    if event[0] == "token":
+                        tokens[job.index].append(token_of(job, event))
                 elif event[0] == "done":
                     finishes[job.index] = event[1]
                     usage_completion += event[2]
                 else:
                     return error(BadRequest(event[1], status=503 if "shutting" in event[1] else 500))
-            choices = [choice(job, "".join(texts[job.index]), finishes[job.index], False) for job in jobs]
+            choices = [choice(job, "".join(texts[job.index]), finishes[job.index], False, tokens[job.index])
+                       for job in jobs]  # fmt: skip
             usage = {
                 "prompt_tokens": len(prompt) * n,
                 "completion_tokens": usage_completion,
@@ -385,6 +463,9 @@ def build_app(lm: Stentor, config: ServeConfig):
             async for job, event in merged():
                 if event[0] == "text":
                     chunk = {**meta, "object": obj, "choices": [choice(job, event[1], None, True)]}
+                elif event[0] == "token":
+                    tokens = [token_of(job, event)]
+                    chunk = {**meta, "object": obj, "choices": [choice(job, event[1], None, True, tokens)]}
                 elif event[0] == "done":
                     chunk = {**meta, "object": obj, "choices": [choice(job, None, event[1], True)]}
                 else:
@@ -399,6 +480,15 @@ def build_app(lm: Stentor, config: ServeConfig):
 
     async def chat_route(request: Request):
         return await completions(request, chat=True)
+
+    async def page(request: Request):
+        name = request.path_params.get("name", "index.html")
+        if name == "config.json":
+            return JSONResponse(page_config(lm, config.model_name, max_tokens=config.max_tokens,
+                                            max_prompt_tokens=config.max_prompt_tokens))  # fmt: skip
+        if name not in ASSETS:
+            return JSONResponse({"error": {"message": f"no page file {name!r}", "type": "not_found"}}, status_code=404)
+        return Response(asset(name), media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
 
     async def models(request: Request):
         entry = {"id": config.model_name, "object": "model", "created": 0, "owned_by": "stentor"}
@@ -416,6 +506,8 @@ def build_app(lm: Stentor, config: ServeConfig):
             await asyncio.get_running_loop().run_in_executor(None, scheduler.stop)
 
     routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/playground/{name}", page, methods=["GET"]),
         Route("/v1/completions", completions_route, methods=["POST"]),
         Route("/v1/chat/completions", chat_route, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
@@ -427,8 +519,11 @@ def build_app(lm: Stentor, config: ServeConfig):
     return app
 
 
-def serve(lm: Stentor, config: ServeConfig) -> int:
-    """Run until SIGINT/SIGTERM; uvicorn stops accepting and drains in-flight requests, then we exit 0."""
+def serve(lm: Stentor, config: ServeConfig, *, open_page: bool = False) -> int:
+    """Run until SIGINT/SIGTERM; uvicorn stops accepting and drains in-flight requests, then we exit 0.
+
+    `open_page` opens the playground in the default browser once the server listens.
+    """
     import signal
 
     import uvicorn
@@ -447,5 +542,20 @@ def serve(lm: Stentor, config: ServeConfig) -> int:
     # uvicorn re-raises the stop signal once it has shut down; a no-op handler turns that into a clean exit.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    log.info("playground: http://%s:%d/", host, config.port)
+    if open_page:
+        threading.Thread(target=_open_when_up, args=(server, f"http://{host}:{config.port}/"), daemon=True).start()
     server.run()
     return 0
+
+
+def _open_when_up(server, url: str) -> None:
+    import webbrowser
+
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.05)
+    if not webbrowser.open(url):
+        log.warning("no browser to open here; visit %s", url)

@@ -112,6 +112,30 @@ def token_bytes(tokenizer, vocab_size: int) -> list[bytes | None]:
     return out
 
 
+def token_pieces(tokenizer, vocab_size: int) -> tuple[list[str], list[bytes]]:
+    """How each id reads on its own, and its bytes: text where its bytes are whole UTF-8, each byte
+    that is not as `<0xAC>` (never a bare U+FFFD), specials by name. For logprobs and token views."""
+    raw = token_bytes(tokenizer, vocab_size)
+    vocab = getattr(tokenizer, "vocab", None)
+    if hasattr(vocab, "decode"):  # TokenMonster: each token decoded alone, so capcode markers are applied
+        raw = [vocab.decode([i]) if data is not None else None for i, data in enumerate(raw)]
+    names: list[str] = []
+    for i, data in enumerate(raw):
+        if data is None:
+            try:
+                name = tokenizer.decode([i], skip_special_tokens=False)
+            except (IndexError, KeyError, ValueError):
+                name = ""
+            names.append(name or f"<id {i}>")
+            raw[i] = name.encode("utf-8")
+            continue
+        names.append("".join(
+            f"<0x{ord(ch) - 0xDC00:02X}>" if "\udc80" <= ch <= "\udcff" else ch
+            for ch in data.decode("utf-8", errors="surrogateescape")
+        ))  # fmt: skip
+    return names, raw
+
+
 # UTF-8 decoder states: (continuation bytes still needed, allowed range of the next one).
 _COMPLETE = (0, 0x80, 0xBF)
 

@@ -74,6 +74,16 @@ def estimate_llama_params(cfg: ModelConfig) -> ParamBreakdown:
     return ParamBreakdown(embedding=embedding, attention=n * attn, mlp=n * mlp, layer_norms=n * norm, final_norm=h)
 
 
+def config_parameters(config: dict) -> int:
+    """The parameter count of a Llama-shaped model from its config.json (the card's formula)."""
+    from types import SimpleNamespace
+
+    fields = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "vocab_size")
+    cfg = SimpleNamespace(**{k: config[k] for k in fields}, tie_word_embeddings=config.get("tie_word_embeddings", True),
+                          num_key_value_heads=config.get("num_key_value_heads") or config["num_attention_heads"])
+    return estimate_llama_params(cfg).total
+
+
 def count_parameters(model) -> int:
     """Unique parameters of a torch module (tied weights counted once)."""
     seen: set[int] = set()

@@ -15,6 +15,19 @@ from stentor.errors import StentorError
 # The card's "Recommended Generation Settings" (personal favourites) are our sampling defaults.
 SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 0.7, "repetition_penalty": 1.2}
 MAX_NEW_TOKENS_DEFAULT = 500  # a ceiling: the model usually stops at EOS by itself
+# The card's recommended ranges and what goes wrong outside them: (low, high, below low, above high).
+SAMPLING_RANGES = {
+    "temperature": (0.6, 0.9, "below 0.6 the model leans on PDF tokens that show as U+FFFD", "above 0.9 it gets chaotic"),
+    "top_p": (0.6, 0.8, "below 0.6 PDF tokens (U+FFFD) become much more frequent", None),
+    "repetition_penalty": (1.1, 1.4, "below 1.1 the model falls into loops", None),
+}
+# The card's hosted-widget examples: (title, prompt).
+WIDGET_PROMPTS = [
+    ("Story Generation", "Once upon a time"),
+    ("Toy Explanation (Often Wrong)", "Explain neural networks in simple terms."),
+    ("Code Continuation", "def fibonacci(n):"),
+    ("Science Continuation", "The laws of thermodynamics describe"),
+]
 
 
 @dataclass(frozen=True)

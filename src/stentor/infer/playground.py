@@ -1,0 +1,47 @@
+"""The playground page: static files shipped in `infer/web/` plus the settings it starts from.
+
+The page is plain HTML/CSS/JS with no build step and no network beyond the server that hosts
+it. It reads `config.json` (what `page_config` returns) for the model's name and size and the
+card's sampling defaults, ranges and example prompts, then talks to the OpenAI-compatible
+endpoints of `stentor serve`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS, SAMPLING_RANGES, WIDGET_PROMPTS
+
+# name -> media type; nothing else under web/ is served
+ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "playground.js": "text/javascript; charset=utf-8",
+    "playground.css": "text/css; charset=utf-8",
+}
+
+
+def asset(name: str) -> bytes:
+    """One of the page's files, read from the installed package."""
+    if name not in ASSETS:
+        raise KeyError(name)
+    return resources.files("stentor.infer").joinpath("web", name).read_bytes()
+
+
+def page_config(lm, model_name: str, *, max_tokens: int, max_prompt_tokens: int) -> dict:
+    """What the page needs to know: the model, the server's limits, the card's sampling guidance."""
+    from stentor.model.params import config_parameters
+
+    config = lm.config
+    return {
+        "model": model_name,
+        "parameters": config_parameters(config),
+        "vocab_size": lm.vocab_size,
+        "context": lm.context,
+        "chat": bool(getattr(lm.tokenizer, "chat_template", None)),
+        "max_tokens": max_tokens,
+        "max_prompt_tokens": max_prompt_tokens,
+        "defaults": {**SAMPLING_DEFAULTS, "max_tokens": min(max_tokens, MAX_NEW_TOKENS_DEFAULT)},
+        "ranges": {name: {"low": lo, "high": hi, "below": below, "above": above}
+                   for name, (lo, hi, below, above) in SAMPLING_RANGES.items()},  # fmt: skip
+        "examples": [{"title": title, "prompt": prompt} for title, prompt in WIDGET_PROMPTS],
+    }

@@ -1,0 +1,270 @@
+"""The playground page of `stentor serve`, driven in real headless Chromium (Debian's package) by Playwright.
+
+The model is a tiny Llama trained here for a few seconds on a TokenMonster vocabulary, so its
+tokens are Stentor tokens and its text has some structure; its context is long enough that a
+generation lasts for seconds, so Stop and a dropped connection can be seen mid-stream.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import httpx
+import pytest
+from serving import stentor_serve
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium on a machine without a network: no first-run, sync or background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+WORDS = "once upon a time the cat sat on mat and dog ran home big small red sky looked at".split()
+
+
+def _need_browser():
+    """CI installs both (.ci/run); elsewhere the tests skip with the install line."""
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("playwright is not installed: pip install -e '.[test]'")
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
+        pytest.skip("no chromium here: apt-get install -y chromium")
+
+
+@pytest.fixture(scope="module")
+def story_model(tmp_path_factory):
+    """A tiny model trained on sentences from WORDS, with a StentorTokenizer (and the card's chat template)."""
+    import random
+
+    import torch
+
+    from stentor.model import get_preset
+    from stentor.model.build import build_model, save_model_dir
+    from stentor.model.presets import padded_vocab_size
+    from stentor.tokenizer.hf import StentorTokenizer
+    from stentor.tokenizer.tokenmonster import build_vocab_from_yaml
+
+    lines = ["charset: utf-8", "capcode: 0", "normalization: none", "include-256-bytes: true", "tokens:"]
+    for w in WORDS:
+        lines += [f'  - token: "{w}"', f'  - token: " {w}"']
+    tokenizer = StentorTokenizer.from_vocab(build_vocab_from_yaml("\n".join(lines) + "\n"))
+    cfg = get_preset("stentor2-tiny").replace(
+        vocab_size=padded_vocab_size(len(tokenizer)), max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    rng = random.Random(0)
+    text = " ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(800))
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+    blocks = ids[: len(ids) // 65 * 65].view(-1, 65)
+    torch.manual_seed(0)
+    model = build_model(cfg, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        batch = blocks[torch.randint(0, len(blocks), (16,))]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return save_model_dir(model.eval(), cfg, tmp_path_factory.mktemp("playground") / "story", tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def server(story_model):
+    _need_browser()
+    with stentor_serve(story_model, "--model-name", "story", "--max-tokens", "4000", "--max-prompt-tokens", "200") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 850})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server[1] + "/")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    yield page
+    context.close()
+    assert not errors, errors  # no uncaught script errors on any page
+
+
+def runs(page) -> int:
+    """Generations the page has finished (it counts them in body[data-runs])."""
+    return int(page.evaluate("document.body.dataset.runs || '0'"))
+
+
+def wait_idle(page, before: int, timeout: float = 60_000) -> None:
+    page.wait_for_function(f"Number(document.body.dataset.runs || 0) > {before}", timeout=timeout)
+
+
+def generate(page, prompt: str, *, seed: str = "", max_tokens: str = "40", **fields) -> str:
+    page.fill("#prompt", prompt)
+    page.fill("#seed", seed)
+    page.fill("#max_tokens", max_tokens)
+    for name, value in fields.items():
+        page.fill(f"#{name}", value)
+    before = runs(page)
+    page.click("#generate")
+    wait_idle(page, before)
+    return page.text_content("#completion")
+
+
+def vocab_size(model_dir) -> int:
+    import json
+
+    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+
+def test_the_page_shows_the_model_and_streams_an_example(page, story_model, tmp_path_factory):
+    info = page.text_content("#model-info")
+    assert info.startswith("story") and f"vocabulary {vocab_size(story_model)}" in info
+    assert "context 4,096 tokens" in info and "M parameters" in info
+    assert [b.text_content() for b in page.query_selector_all("#examples button")] == [
+        "Story Generation", "Toy Explanation (Often Wrong)", "Code Continuation", "Science Continuation"]  # fmt: skip
+    assert page.input_value("#temperature") == "0.8" and page.input_value("#top_p") == "0.7"
+    assert page.input_value("#repetition_penalty") == "1.2"
+    # record every length the completion passes through while it streams
+    page.evaluate("""() => { window.lengths = [];
+        new MutationObserver(() => window.lengths.push(document.getElementById('completion').textContent.length))
+          .observe(document.getElementById('completion'), {childList: true, subtree: true, characterData: true}); }""")
+    page.fill("#max_tokens", "300")
+    page.check("#show-tokens")
+    page.click("#examples button >> text=Story Generation")
+    wait_idle(page, 0)
+    assert page.input_value("#prompt") == "Once upon a time"
+    lengths = page.evaluate("window.lengths")
+    assert len(set(lengths)) > 10 and lengths == sorted(lengths)  # it grew piece by piece, never re-rendered
+    assert page.text_content("#completion") and int(page.text_content("#fig-tokens")) > 10
+    assert page.text_content("#fig-ttft").endswith(" ms") and float(page.text_content("#fig-rate")) > 0
+    shot = tmp_path_factory.mktemp("artifacts") / "playground.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_token_chips_carry_the_tokenizers_ids_and_pieces(page, story_model):
+    from stentor.infer.text import token_pieces
+    from stentor.tokenizer.hf import load_tokenizer
+
+    page.check("#show-tokens")
+    text = generate(page, "the cat sat on", seed="1")
+    chips = page.query_selector_all("#tokens .chip")
+    ids = [int(c.get_attribute("data-id")) for c in chips]
+    tokenizer = load_tokenizer(story_model)
+    names, _ = token_pieces(tokenizer, vocab_size(story_model))
+    assert ids and tokenizer.decode(ids) == text
+    assert [c.text_content() for c in chips] == [names[i].replace("\n", "\u21b5") or "\u2205" for i in ids]
+    probabilities = [float(c.get_attribute("data-p")) for c in chips]
+    assert all(0 < p <= 1 for p in probabilities) and len(set(probabilities)) > 1
+    assert "id " in chips[0].get_attribute("title") and "likeliest" in chips[0].get_attribute("title")
+
+
+def test_the_same_seed_gives_the_same_text_and_settings_change_it(page):
+    first = generate(page, "the dog", seed="7", temperature="1.0")
+    assert first and generate(page, "the dog", seed="7", temperature="1.0") == first
+    assert generate(page, "the dog", seed="8", temperature="1.0") != first
+    assert generate(page, "the dog", seed="7", temperature="1.5") != first
+
+
+def test_warnings_follow_the_cards_ranges(page):
+    warning = page.locator('.field[data-name="temperature"] .warn')
+    assert warning.is_hidden()
+    page.fill("#temperature", "0.4")
+    assert warning.is_visible() and "PDF tokens" in warning.text_content()
+    page.fill("#repetition_penalty", "1.0")
+    assert "loops" in page.text_content('.field[data-name="repetition_penalty"] .warn')
+    page.click("#reset")
+    assert warning.is_hidden() and page.input_value("#temperature") == "0.8"
+
+
+def test_an_invalid_value_is_shown_in_plain_words(page):
+    generate(page, "the cat", temperature="-1")
+    error = page.text_content("#error")
+    assert page.is_visible("#error") and error.startswith("The server refused the request:")
+    assert "temperature" in error and "must be >= 0" in error and "Traceback" not in error
+    page.fill("#temperature", "0.8")
+    assert generate(page, "the cat", seed="2") and page.is_hidden("#error")  # the next good request clears it
+
+
+def test_stop_ends_the_stream_and_the_server_stops_decoding(page, server):
+    url = server[1]
+    page.fill("#prompt", "once upon a time")
+    page.fill("#max_tokens", "4000")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("parseInt(document.getElementById('fig-tokens').textContent) > 20", timeout=30_000)
+    page.click("#stop")
+    wait_idle(page, 0)
+    status = page.text_content("#status")
+    assert status.startswith("stopped after ")
+    shown = int(status.split()[2])
+    assert 20 <= shown < 4000
+    time.sleep(0.5)  # let the server notice the closed stream
+    before = httpx.get(f"{url}/health").json()["tokens"]
+    time.sleep(1.0)
+    assert httpx.get(f"{url}/health").json()["tokens"] == before  # nothing decodes for the stopped request
+
+
+def test_chat_keeps_the_turns(page):
+    page.click("#mode-chat")
+    assert page.is_visible("#chat-pane") and "base model" in page.text_content("#chat-pane .note")
+    for turn, message in enumerate(["hello there", "tell me about the cat"], start=1):
+        page.fill("#message", message)
+        page.fill("#max_tokens", "20")
+        before = runs(page)
+        page.click("#generate")
+        wait_idle(page, before)
+        assert page.is_hidden("#error"), page.text_content("#error")
+        bubbles = page.query_selector_all("#transcript .message")
+        assert len(bubbles) == 2 * turn
+        assert message in bubbles[-2].text_content() and "model" in bubbles[-1].text_content()
+    page.click("#new-chat")
+    assert page.query_selector_all("#transcript .message") == []
+
+
+def test_the_page_fits_a_phone(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 800}, is_mobile=True)
+    page = context.new_page()
+    page.goto(server[1] + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    box = page.locator("#settings").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390  # the settings stack below the prompt
+    context.close()
+
+
+def test_serve_open_points_the_browser_at_the_page(story_model, tmp_path):
+    seen = tmp_path / "opened.txt"
+    browser = f"/bin/sh -c 'echo $0 > {seen}' %s"  # webbrowser runs $BROWSER with the URL for %s
+    with stentor_serve(story_model, "--open", env={"BROWSER": browser}) as (_, url):
+        deadline = time.monotonic() + 20
+        while not seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert seen.read_text().strip() == url + "/"
+
+
+def test_a_dropped_connection_is_reported(page, server):
+    """Last in the module: it kills the server."""
+    proc, _ = server
+    page.fill("#prompt", "once upon a time")
+    page.fill("#max_tokens", "4000")
+    page.click("#generate")
+    page.wait_for_function("parseInt(document.getElementById('fig-tokens').textContent) > 20", timeout=30_000)
+    proc.kill()
+    wait_idle(page, 0, timeout=20_000)
+    assert "connection to the server was lost" in page.text_content("#error")
