@@ -196,11 +196,11 @@ def test_bad_arguments(pair):
         speculative_generate(target, draft, [], 2)
 
 
-def test_cli_generate_with_draft_matches_plain_greedy(tiny_dir, tmp_path, capsys):
-    """`stentor generate --draft`: a 1-layer draft with the target's tokenizer files; greedy text is unchanged."""
+@pytest.fixture(scope="module")
+def draft_dir(tiny_dir, tmp_path_factory):
+    """A 1-layer draft for `tiny_dir`, with the target's tokenizer files."""
     import shutil
 
-    from stentor.cli import main
     from stentor.model.build import save_model_dir
 
     target_cfg = load_model(str(tiny_dir)).config
@@ -208,10 +208,17 @@ def test_cli_generate_with_draft_matches_plain_greedy(tiny_dir, tmp_path, capsys
         vocab_size=target_cfg.vocab_size, bos_token_id=target_cfg.bos_token_id, eos_token_id=target_cfg.eos_token_id,
         pad_token_id=target_cfg.pad_token_id, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
     )
-    draft_dir = save_model_dir(build_model(cfg, seed=4), cfg, tmp_path / "draft")
+    out = save_model_dir(build_model(cfg, seed=4), cfg, tmp_path_factory.mktemp("draft") / "draft")
     for item in tiny_dir.iterdir():
         if item.name.startswith("tokenizer") or item.name == "special_tokens_map.json":
-            shutil.copy2(item, draft_dir / item.name)
+            shutil.copy2(item, out / item.name)
+    return out
+
+
+def test_cli_generate_with_draft_matches_plain_greedy(tiny_dir, draft_dir, capsys):
+    """`stentor generate --draft`: greedy text is unchanged, the draft's statistics go to stderr."""
+    from stentor.cli import main
+
     common = ["generate", "--model", str(tiny_dir), "--greedy", "--max-new-tokens", "12", "--no-echo"]
     assert main([*common, "Once upon a time"]) == 0
     plain = capsys.readouterr().out
@@ -220,3 +227,30 @@ def test_cli_generate_with_draft_matches_plain_greedy(tiny_dir, tmp_path, capsys
     assert captured.out.strip() == plain.strip() and "draft acceptance" in captured.err
     assert main([*common, "--draft", str(draft_dir), "--draft-k", "zero", "hi"]) == 2
     assert "--draft-k must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_with_a_draft_keeps_the_text_and_reports_the_acceptance(tiny_dir, draft_dir):
+    import json
+
+    import httpx
+    from serving import stentor_serve
+
+    body = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "logprobs": 2}
+    with stentor_serve(tiny_dir) as (_, plain), stentor_serve(tiny_dir, "--draft", str(draft_dir)) as (_, drafted):
+        want = httpx.post(f"{plain}/v1/completions", json=body, timeout=60).json()["choices"][0]
+        got = httpx.post(f"{drafted}/v1/completions", json=body, timeout=60).json()["choices"][0]
+        with httpx.stream("POST", f"{drafted}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        refused = httpx.post(f"{drafted}/v1/completions", json={**body, "suppress_replacement_tokens": True})
+        page = httpx.get(f"{drafted}/playground/config.json").json()
+    assert got["text"] == want["text"] and got["logprobs"]["token_ids"] == want["logprobs"]["token_ids"]
+    assert got["logprobs"]["token_logprobs"] == pytest.approx(want["logprobs"]["token_logprobs"], abs=1e-4)
+    spec = got["speculative"]
+    assert spec["proposed"] > 0 and 0 <= spec["accepted"] <= spec["proposed"]
+    assert spec["acceptance_rate"] == pytest.approx(spec["accepted"] / spec["proposed"], abs=1e-4)
+    assert "speculative" not in want
+    assert chunks[-1]["choices"][0]["speculative"] == spec  # the stream's last chunk carries it too
+    assert "".join(c["choices"][0]["text"] for c in chunks) == want["text"]
+    assert refused.status_code == 400 and "--draft" in refused.json()["error"]["message"]
+    assert page["draft"] is True

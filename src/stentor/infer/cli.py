@@ -87,7 +87,12 @@ def _serve(args: argparse.Namespace) -> int:
     max_prompt = args.max_prompt_tokens or lm.context * 3 // 4
     if max_prompt >= lm.context:
         raise StentorError(f"--max-prompt-tokens {max_prompt} must be below the model's context of {lm.context}")
-    return serve(lm, config(max_prompt), open_page=args.open)
+    draft = None
+    if args.draft:
+        from stentor.infer.speculative import DraftedModel
+
+        draft = DraftedModel(lm, args.draft, args.draft_k)
+    return serve(lm, config(max_prompt), open_page=args.open, draft=draft)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -104,6 +109,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use, at most 8)")
     p.add_argument("--dtype", choices=DTYPES, help="weights' dtype: float32 (default, whatever the checkpoint was saved "
                    "in), float16/bfloat16 (keep half; the torch engine), auto (as saved)")
+
+
+def _draft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--draft",
+        help="a smaller model with the same tokenizer that drafts tokens for the model to check (speculative "
+        "decoding: same output distribution, fewer forwards of --model; see docs/deployment.md)",
+    )
+    p.add_argument("--draft-k", default="4", help="tokens drafted per step: a number or 'adaptive' (default: %(default)s)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -145,12 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="never emit tokens whose bytes can only decode to U+FFFD (the card's PDF tokens); see docs/inference.md",
     )
-    p.add_argument(
-        "--draft",
-        help="a smaller model with the same tokenizer that drafts tokens for the model to check (speculative "
-        "decoding: same output distribution, fewer forwards of --model; see docs/deployment.md)",
-    )
-    p.add_argument("--draft-k", default="4", help="tokens drafted per step: a number or 'adaptive' (default: %(default)s)")
+    _draft_args(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(
@@ -159,7 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Serve a playground page at / (prompt, sampling controls, chat, token view; --open opens it),\n"
             "/v1/completions, /v1/chat/completions (both with stream: true as server-sent events),\n"
-            "/v1/models, /health and /metrics. Concurrent requests are decoded together in one batch.\n"
+            "/v1/models, /health and /metrics. Concurrent requests are decoded together in one batch\n"
+            "(with --draft: one at a time, speculatively, each reply reporting the draft's acceptance).\n"
             "Besides OpenAI's fields, requests may set top_k, min_p, repetition_penalty and\n"
             "suppress_replacement_tokens; unset fields use the card's defaults. Ctrl-C / SIGTERM stops\n"
             "accepting requests, finishes the ones in flight, and exits 0.\n"
@@ -185,4 +195,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batch-wait-ms", type=float, default=5.0, help="how long an idle server waits to gather a batch (default: %(default)s)"
     )
     p.add_argument("--open", action="store_true", help="open the playground page (GET /) in the default browser")
+    _draft_args(p)
     p.set_defaults(func=_serve)

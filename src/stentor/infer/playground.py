@@ -27,7 +27,7 @@ def asset(name: str) -> bytes:
     return resources.files("stentor.infer").joinpath("web", name).read_bytes()
 
 
-def page_config(lm, model_name: str, *, max_tokens: int, max_prompt_tokens: int) -> dict:
+def page_config(lm, model_name: str, *, max_tokens: int, max_prompt_tokens: int, draft: bool = False) -> dict:
     """What the page needs to know: the model, the server's limits, the card's sampling guidance."""
     from stentor.model.params import config_parameters
 
@@ -40,6 +40,7 @@ def page_config(lm, model_name: str, *, max_tokens: int, max_prompt_tokens: int)
         "chat": bool(getattr(lm.tokenizer, "chat_template", None)),
         "max_tokens": max_tokens,
         "max_prompt_tokens": max_prompt_tokens,
+        "draft": draft,  # rows are decoded speculatively; each reply reports the draft's acceptance rate
         "defaults": {**SAMPLING_DEFAULTS, "max_tokens": min(max_tokens, MAX_NEW_TOKENS_DEFAULT)},
         "ranges": {name: {"low": lo, "high": hi, "below": below, "above": above}
                    for name, (lo, hi, below, above) in SAMPLING_RANGES.items()},  # fmt: skip

@@ -95,8 +95,9 @@ class Stats:
 class Scheduler:
     """The engine's only user: collects waiting jobs and decodes them together."""
 
-    def __init__(self, lm: Stentor, config: ServeConfig):
+    def __init__(self, lm: Stentor, config: ServeConfig, draft=None):
         self.lm, self.config = lm, config
+        self.draft = draft  # a speculative.DraftedModel: rows are then decoded one at a time with it
         self.waiting: queue.Queue[Job | None] = queue.Queue()
         self.stats = Stats()
         self.stopping = False
@@ -171,6 +172,10 @@ class Scheduler:
 
     def _decode(self, batch: list[Job]) -> None:
         lm = self.lm
+        if self.draft is not None:
+            for job in batch:
+                self._decode_drafted(job)
+            return
         with self.stats.lock:
             self.stats.batches += 1
             self.stats.rows += len(batch)
@@ -204,12 +209,44 @@ class Scheduler:
                             tail = decoders[i].flush()
                         if tail:
                             job.send("text", tail)
-                        job.send("done", "stop" if is_eos else "length", job.completion_tokens)
+                        job.send("done", "stop" if is_eos else "length", job.completion_tokens, None)
                 with self.stats.lock:
                     self.stats.tokens += active
                 if all(done):
                     steps.close()
                     break
+
+
+    def _decode_drafted(self, job: Job) -> None:
+        """One row by speculative decoding; its "done" event carries the draft's statistics."""
+        from stentor.infer.speculative import SpeculativeStats
+
+        lm, stats, finish = self.lm, SpeculativeStats(), "length"
+        with self.stats.lock:
+            self.stats.batches += 1
+            self.stats.rows += 1
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, 1)
+        decoder = streaming_decoder(lm.tokenizer)
+        with lm.lock:
+            for new, logprobs in self.draft.stream(job.prompt, job.params, stats, cancelled=lambda: job.cancelled):
+                for j, token in enumerate(new):
+                    if job.params.stop_at_eos and token in lm.eos_ids:
+                        finish = "stop"
+                        break
+                    job.completion_tokens += 1
+                    with self.tokenizer_lock:
+                        piece = decoder.push([token])
+                    if logprobs is not None:
+                        job.send("token", piece, token, logprobs[j])
+                    elif piece:
+                        job.send("text", piece)
+                with self.stats.lock:
+                    self.stats.tokens += len(new)
+        with self.tokenizer_lock:
+            tail = decoder.flush()
+        if tail:
+            job.send("text", tail)
+        job.send("done", finish, job.completion_tokens, stats.to_dict())
 
 
 # -- request parsing ---------------------------------------------------------------------------
@@ -302,8 +339,9 @@ def _prompt_ids(lm: Stentor, body: dict, chat: bool, config: ServeConfig) -> lis
     return ids
 
 
-def build_app(lm: Stentor, config: ServeConfig):
-    """The Starlette application; its lifespan starts and stops the scheduler thread."""
+def build_app(lm: Stentor, config: ServeConfig, draft=None):
+    """The Starlette application; its lifespan starts and stops the scheduler thread. With `draft`
+    (a `speculative.DraftedModel`) every row is decoded speculatively, one row at a time."""
     import contextlib
     import importlib.util
 
@@ -316,7 +354,7 @@ def build_app(lm: Stentor, config: ServeConfig):
 
     if config.max_batch > 1 and lm.engine is None:
         raise StentorError("stentor serve batches requests on the stentor engine; drop --engine hf")
-    scheduler = Scheduler(lm, config)
+    scheduler = Scheduler(lm, config, draft)
 
     def error(exc: BadRequest) -> JSONResponse:
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
@@ -350,6 +388,9 @@ def build_app(lm: Stentor, config: ServeConfig):
             params, n = _params(body, config, chat)
             if params.logprobs is not None:
                 scheduler.pieces()
+            if draft is not None and params.suppress_replacement_tokens:
+                raise BadRequest("'suppress_replacement_tokens' is not available on a server with --draft",
+                                 "suppress_replacement_tokens")  # fmt: skip
             with scheduler.tokenizer_lock:
                 prompt = _prompt_ids(lm, body, chat, config)
             stream = body.get("stream", False)
@@ -388,8 +429,10 @@ def build_app(lm: Stentor, config: ServeConfig):
                 "token_ids": [t for t, _, _ in tokens],  # ours: the ids, since pieces can repeat
             }
 
-        def choice(job: Job, text: str | None, finish: str | None, delta: bool, tokens=()) -> dict:
+        def choice(job: Job, text: str | None, finish: str | None, delta: bool, tokens=(), drafted=None) -> dict:
             out: dict[str, Any] = {"index": job.index, "finish_reason": finish}
+            if drafted is not None:  # ours: how the draft model fared on this row (server with --draft)
+                out["speculative"] = drafted
             if not chat:
                 out.update(text=text or "", logprobs=logprobs_of(list(tokens)))
                 return out
@@ -438,18 +481,19 @@ def build_app(lm: Stentor, config: ServeConfig):
             texts: dict[int, list[str]] = {job.index: [] for job in jobs}
             tokens: dict[int, list[tuple]] = {job.index: [] for job in jobs}
             finishes: dict[int, str] = {}
+            drafted: dict[int, dict | None] = {}
             async for job, event in merged():
                 if event[0] in ("text", "token"):
                     texts[job.index].append(event[1])
                     if event[0] == "token":
                         tokens[job.index].append(token_of(job, event))
                 elif event[0] == "done":
-                    finishes[job.index] = event[1]
+                    finishes[job.index], drafted[job.index] = event[1], event[3]
                     usage_completion += event[2]
                 else:
                     return error(BadRequest(event[1], status=503 if "shutting" in event[1] else 500))
-            choices = [choice(job, "".join(texts[job.index]), finishes[job.index], False, tokens[job.index])
-                       for job in jobs]  # fmt: skip
+            choices = [choice(job, "".join(texts[job.index]), finishes[job.index], False, tokens[job.index],
+                              drafted[job.index]) for job in jobs]  # fmt: skip
             usage = {
                 "prompt_tokens": len(prompt) * n,
                 "completion_tokens": usage_completion,
@@ -467,7 +511,7 @@ def build_app(lm: Stentor, config: ServeConfig):
                     tokens = [token_of(job, event)]
                     chunk = {**meta, "object": obj, "choices": [choice(job, event[1], None, True, tokens)]}
                 elif event[0] == "done":
-                    chunk = {**meta, "object": obj, "choices": [choice(job, None, event[1], True)]}
+                    chunk = {**meta, "object": obj, "choices": [choice(job, None, event[1], True, (), event[3])]}
                 else:
                     chunk = {"error": {"message": event[1], "type": "server_error", "param": None, "code": None}}
                 yield f"data: {json.dumps(chunk)}\n\n"
@@ -485,7 +529,7 @@ def build_app(lm: Stentor, config: ServeConfig):
         name = request.path_params.get("name", "index.html")
         if name == "config.json":
             return JSONResponse(page_config(lm, config.model_name, max_tokens=config.max_tokens,
-                                            max_prompt_tokens=config.max_prompt_tokens))  # fmt: skip
+                                            max_prompt_tokens=config.max_prompt_tokens, draft=draft is not None))
         if name not in ASSETS:
             return JSONResponse({"error": {"message": f"no page file {name!r}", "type": "not_found"}}, status_code=404)
         return Response(asset(name), media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
@@ -519,16 +563,17 @@ def build_app(lm: Stentor, config: ServeConfig):
     return app
 
 
-def serve(lm: Stentor, config: ServeConfig, *, open_page: bool = False) -> int:
+def serve(lm: Stentor, config: ServeConfig, *, open_page: bool = False, draft=None) -> int:
     """Run until SIGINT/SIGTERM; uvicorn stops accepting and drains in-flight requests, then we exit 0.
 
-    `open_page` opens the playground in the default browser once the server listens.
+    `open_page` opens the playground in the default browser once the server listens; `draft` as in
+    `build_app`.
     """
     import signal
 
     import uvicorn
 
-    app = build_app(lm, config)
+    app = build_app(lm, config, draft)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -25,13 +25,15 @@ The runtime draws from NumPy's generator and HF models from torch's, as in plain
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from stentor.errors import StentorError
-from stentor.infer.decoding import SamplingParams
+from stentor.infer.decoding import SamplingParams, TokenLogprobs, chosen_logprobs
 
 DEFAULT_K = 4
 MAX_K = 16
@@ -48,6 +50,12 @@ class SpeculativeStats:
     accepted: int = 0
     seconds: float = 0.0
     k_history: list[int] = field(default_factory=list)
+    last_kept: int = 0  # draft tokens the latest step kept
+
+    def to_dict(self) -> dict:
+        """What a server reports per request."""
+        return {"acceptance_rate": round(self.acceptance_rate, 4), "accepted": self.accepted, "proposed": self.proposed,
+                "target_calls": self.target_calls, "tokens_per_target_call": round(self.tokens_per_target_call, 3)}
 
     @property
     def acceptance_rate(self) -> float:
@@ -182,6 +190,16 @@ class _TorchPair:
     def greedy(self, logits, seen) -> list[int]:
         return self.pipelines.scores(logits, seen).argmax(dim=-1).tolist()
 
+    @staticmethod
+    def raw(logits) -> np.ndarray:
+        return logits.float().numpy().copy()
+
+    @staticmethod
+    def no_grad():
+        import torch
+
+        return torch.inference_mode()
+
     def probs(self, logits, seen):
         return self.pipelines.probs(self.pipelines.scores(logits, seen))
 
@@ -234,6 +252,14 @@ class _NativePair:
             rows[j + 1 :, token] = 1
         return rows
 
+    @staticmethod
+    def raw(logits) -> np.ndarray:
+        return np.array(logits, dtype=np.float32)
+
+    @staticmethod
+    def no_grad():
+        return contextlib.nullcontext()
+
     def greedy(self, logits, seen) -> list[int]:
         params = [self.params.replace(greedy=True)] * len(logits)
         return self.models[0].sample(logits, params, seen.copy(), np.zeros(len(logits))).tolist()
@@ -279,10 +305,23 @@ def speculative_generate(
         params = sampling_params(**sampling)
     elif sampling:
         raise StentorError("pass either params=SamplingParams(...) or sampling keywords, not both")
+    check_compatible(target, draft, target_tokenizer, draft_tokenizer)
+    stats = SpeculativeStats()
+    out = [t for new, _ in speculative_stream(target, draft, input_ids, k, params, eos_ids, max_k, stats) for t in new]
+    return SpeculativeResult(out, stats)
+
+
+def speculative_stream(
+    target, draft, input_ids, k: int | str, params: SamplingParams, eos_ids=None, max_k: int = MAX_K,
+    stats: SpeculativeStats | None = None, cancelled: Callable[[], bool] | None = None,
+) -> Iterator[tuple[list[int], list[TokenLogprobs] | None]]:
+    """The new tokens of each verify step, with their logprobs when `params.logprobs` asks (the
+    target's raw log-softmax, as in plain decoding); `stats` fills in as it goes; `cancelled()`
+    turning true ends the stream after the current step. Models as in `speculative_generate`,
+    whose vocabulary check the caller has made."""
     adaptive = k == "adaptive"
     if not adaptive and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise StentorError(f"draft length k must be a positive integer or 'adaptive', got {k!r}")
-    check_compatible(target, draft, target_tokenizer, draft_tokenizer)
     prompt = [int(t) for t in (input_ids.reshape(-1).tolist() if hasattr(input_ids, "reshape") else input_ids)]
     if getattr(input_ids, "ndim", 1) == 2 and input_ids.shape[0] != 1:
         raise StentorError("speculative decoding takes one prompt at a time (batch 1)")
@@ -297,83 +336,91 @@ def speculative_generate(
         eos = target.weights.config.get("eos_token_id") if native else target.config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     pair = (_NativePair if native else _TorchPair)(target, draft, params, _vocab_size(target))
-    if native:
-        return _decode(pair, prompt, budget, params, eos_ids, k, max_k)
-    import torch
-
-    with torch.inference_mode():
-        return _decode(pair, prompt, budget, params, eos_ids, k, max_k)
+    return _steps(pair, prompt, budget, params, eos_ids, k, max_k, stats or SpeculativeStats(), cancelled)
 
 
-def _decode(pair, prompt: list[int], budget: int, params: SamplingParams, eos_ids, k, max_k: int) -> SpeculativeResult:
+def _steps(pair, prompt: list[int], budget: int, params: SamplingParams, eos_ids, k, max_k: int,
+           stats: SpeculativeStats, cancelled) -> Iterator[tuple[list[int], list[TokenLogprobs] | None]]:
     """The draft-and-verify loop over either pair of models (see the module docstring)."""
     adaptive = k == "adaptive"
     greedy = not params.do_sample
-    committed, out = list(prompt), []
+    committed, emitted = list(prompt), 0
     seen = pair.seen(prompt)
-    stats = SpeculativeStats()
     k_now = DEFAULT_K if adaptive else k
     start = time.perf_counter()
-    while len(out) < budget:
-        steps = min(k_now, budget - len(out) - 1)
-        # Draft: k tokens, each from its processed distribution given everything before it.
-        drafts, q_rows = [], []
-        d_seen = pair.with_drafts(seen, [])  # a copy that takes each draft token in turn
-        feed = committed[pair.cached(1) :]
-        for _ in range(steps):
-            logits = pair.logits(1, feed)[-1:]
-            if greedy:
-                token = pair.greedy(logits, d_seen)[0]
-            else:
-                q = pair.probs(logits, d_seen)[0]
-                token = pair.pick(q)
-                q_rows.append(q)
-            drafts.append(token)
-            d_seen[0, token] = True
-            feed = [token]
-        stats.draft_calls += steps
-        # Target: one forward over the last committed token and the drafts -> steps + 1 distributions.
-        t_logits = pair.logits(0, committed[pair.cached(0) :] + drafts)[-(steps + 1) :]
-        t_seen = pair.with_drafts(seen, drafts)
-        kept = 0
-        if greedy:
-            choice = pair.greedy(t_logits, t_seen)
-            while kept < steps and drafts[kept] == choice[kept]:
-                kept += 1
-            extra = choice[kept]
-        else:
-            p_rows = pair.probs(t_logits, t_seen)
-            extra = None
-            for j, token in enumerate(drafts):
-                if pair.uniform() * q_rows[j][token] < p_rows[j][token]:
-                    kept += 1
-                    continue
-                residual = pair.residual(p_rows[j], q_rows[j])
-                extra = pair.pick(residual if residual.sum() > 0 else p_rows[j])
-                break
-            if extra is None:  # every draft token kept: a bonus token from the target
-                extra = pair.pick(p_rows[steps])
-        stats.target_calls += 1
-        stats.proposed += steps
-        stats.accepted += kept
-        new = (drafts[:kept] + [extra])[: budget - len(out)]
-        if params.stop_at_eos:
-            stop = next((i for i, t in enumerate(new) if t in eos_ids), None)
-            new = new if stop is None else new[: stop + 1]
+    while emitted < budget and not (cancelled and cancelled()):
+        with pair.no_grad():
+            new, raw = _step(pair, committed, seen, budget - emitted, params, eos_ids, k_now, greedy, stats)
+        steps, kept = stats.k_history[-1], stats.last_kept
         committed += new
-        out += new
+        emitted += len(new)
         seen[0, new] = True
         # Caches keep every committed token but the last (it is fed on the next step).
         pair.trim(0, len(committed) - 1)
         pair.trim(1, len(committed) - 1)
-        stats.k_history.append(steps)
         if adaptive and steps == k_now:
             k_now = min(k_now + 1, max_k) if kept == steps else max(1, k_now - 1) if kept < steps / 2 else k_now
+        stats.seconds = time.perf_counter() - start
+        stats.new_tokens = emitted
+        logprobs = chosen_logprobs(raw[: len(new)], new, [params] * len(new)) if raw is not None else None
+        yield new, logprobs
         if params.stop_at_eos and new and new[-1] in eos_ids:
             break
-    stats.seconds = time.perf_counter() - start
-    stats.new_tokens = len(out)
-    return SpeculativeResult(out, stats)
+
+
+def _step(pair, committed: list[int], seen, room: int, params: SamplingParams, eos_ids, k_now: int, greedy: bool,
+          stats: SpeculativeStats):
+    """One draft-and-verify step: the tokens it commits (at most `room`), and the target's raw logits
+    for them when logprobs are asked for."""
+    steps = min(k_now, room - 1)
+    # Draft: k tokens, each from its processed distribution given everything before it.
+    drafts, q_rows = [], []
+    d_seen = pair.with_drafts(seen, [])  # a copy that takes each draft token in turn
+    feed = committed[pair.cached(1) :]
+    for _ in range(steps):
+        logits = pair.logits(1, feed)[-1:]
+        if greedy:
+            token = pair.greedy(logits, d_seen)[0]
+        else:
+            q = pair.probs(logits, d_seen)[0]
+            token = pair.pick(q)
+            q_rows.append(q)
+        drafts.append(token)
+        d_seen[0, token] = True
+        feed = [token]
+    stats.draft_calls += steps
+    # Target: one forward over the last committed token and the drafts -> steps + 1 distributions.
+    t_logits = pair.logits(0, committed[pair.cached(0) :] + drafts)[-(steps + 1) :]
+    raw = pair.raw(t_logits) if params.logprobs is not None else None  # before the sampler touches them
+    t_seen = pair.with_drafts(seen, drafts)
+    kept = 0
+    if greedy:
+        choice = pair.greedy(t_logits, t_seen)
+        while kept < steps and drafts[kept] == choice[kept]:
+            kept += 1
+        extra = choice[kept]
+    else:
+        p_rows = pair.probs(t_logits, t_seen)
+        extra = None
+        for j, token in enumerate(drafts):
+            if pair.uniform() * q_rows[j][token] < p_rows[j][token]:
+                kept += 1
+                continue
+            residual = pair.residual(p_rows[j], q_rows[j])
+            extra = pair.pick(residual if residual.sum() > 0 else p_rows[j])
+            break
+        if extra is None:  # every draft token kept: a bonus token from the target
+            extra = pair.pick(p_rows[steps])
+    stats.target_calls += 1
+    stats.proposed += steps
+    stats.accepted += kept
+    stats.last_kept = kept
+    stats.k_history.append(steps)
+    new = (drafts[:kept] + [extra])[:room]
+    if params.stop_at_eos:
+        stop = next((i for i, t in enumerate(new) if t in eos_ids), None)
+        new = new if stop is None else new[: stop + 1]
+    return new, raw
 
 
 def parse_k(value: str | int) -> int | str:
@@ -389,29 +436,48 @@ def parse_k(value: str | int) -> int | str:
     return k
 
 
+class DraftedModel:
+    """A loaded target (`stentor.load`) with a draft model of the same vocabulary, decoding one prompt
+    at a time speculatively: both on the compiled runtime when the target is, else both as HF models."""
+
+    def __init__(self, lm, draft_path: str, k: str | int = DEFAULT_K):
+        from stentor.infer.api import load
+
+        self.lm, self.k = lm, parse_k(k)
+        draft = load(draft_path, engine="stentor" if lm.backend == "NativeEngine" else "hf")
+        if lm.backend == draft.backend == "NativeEngine":
+            self.models = lm.engine, draft.engine
+            same_kind = hasattr(lm.tokenizer, "get_vocab") == hasattr(draft.tokenizer, "get_vocab")
+            tokenizers = (lm.tokenizer, draft.tokenizer) if same_kind else (lm.hf_tokenizer, draft.hf_tokenizer)
+        else:
+            self.models, tokenizers = (lm.model, draft.model), (lm.hf_tokenizer, draft.hf_tokenizer)
+        check_compatible(*self.models, *tokenizers)
+
+    def stream(self, ids: list[int], params: SamplingParams, stats: SpeculativeStats | None = None,
+               cancelled: Callable[[], bool] | None = None):
+        """`speculative_stream` of one encoded prompt with the target's EOS ids."""
+        if params.suppress_replacement_tokens:
+            raise StentorError("suppressing replacement tokens is not available with a draft model; drop one of them")
+        return speculative_stream(*self.models, ids, self.k, params, self.lm.eos_ids, stats=stats, cancelled=cancelled)
+
+
 def generate_with_draft(lm, draft_path: str, prompt: str, k: str | int, *, chat: bool, echo: bool, **sampling) -> int:
-    """`stentor generate --draft DRAFT`: print the completion, then the draft's statistics on stderr."""
+    """`stentor generate --draft DRAFT`: stream the completion, then the draft's statistics on stderr."""
     import sys
 
-    from stentor.infer.api import load, sampling_params
+    from stentor.infer.api import sampling_params
+    from stentor.infer.text import streaming_decoder
 
     params = sampling_params(**sampling)
-    k = parse_k(k)
     if params.num_samples != 1:
         raise StentorError("--draft produces one sample at a time; drop -n/--num-samples")
-    if params.suppress_replacement_tokens:
-        raise StentorError("--suppress-replacement is not available with --draft; drop one of them")
-    draft = load(draft_path, engine="stentor" if lm.backend == "NativeEngine" else "hf")
+    drafted = DraftedModel(lm, draft_path, k)
     ids = lm.encode(prompt, chat=chat, max_new_tokens=params.max_new_tokens)
-    if lm.backend == draft.backend == "NativeEngine":  # both on the compiled runtime
-        models = lm.engine, draft.engine
-        same_kind = hasattr(lm.tokenizer, "get_vocab") == hasattr(draft.tokenizer, "get_vocab")
-        tokenizers = (lm.tokenizer, draft.tokenizer) if same_kind else (lm.hf_tokenizer, draft.hf_tokenizer)
-    else:
-        models, tokenizers = (lm.model, draft.model), (lm.hf_tokenizer, draft.hf_tokenizer)
-    result = speculative_generate(*models, ids, k, params=params, eos_ids=lm.eos_ids,
-                                  target_tokenizer=tokenizers[0], draft_tokenizer=tokenizers[1])
-    text = lm.tokenizer.decode([t for t in result.tokens if t not in lm.eos_ids], skip_special_tokens=True)
-    print((prompt if echo else "") + text)
-    print(f"speculative decoding: {result.stats.summary()}", file=sys.stderr)
+    stats, decoder = SpeculativeStats(), streaming_decoder(lm.tokenizer)
+    sys.stdout.write(prompt if echo else "")
+    for new, _ in drafted.stream(ids, params, stats):
+        sys.stdout.write(decoder.push([t for t in new if t not in lm.eos_ids]))
+        sys.stdout.flush()
+    print(decoder.flush())
+    print(f"speculative decoding: {stats.summary()}", file=sys.stderr)
     return 0

@@ -233,6 +233,7 @@ async function generate() {
   }
   const tokenBox = $("tokens");
   tokenBox.textContent = "";
+  $("fig-draft").textContent = "\u2013";
   const controller = new AbortController();
   state.controller = controller;
   $("generate").disabled = true;
@@ -261,6 +262,10 @@ async function generate() {
         count += tokens.length;
       }
       if (choice.finish_reason) finish = choice.finish_reason;
+      if (choice.speculative) {
+        const s = choice.speculative;
+        $("fig-draft").textContent = `${(s.acceptance_rate * 100).toFixed(1)}% (${s.accepted}/${s.proposed})`;
+      }
       figures(count, started, first);
     }
     if (controller.signal.aborted) setStatus(`stopped after ${count} tokens`);
@@ -333,6 +338,7 @@ async function start() {
     });
     $("examples").append(button);
   }
+  $("fig-draft-box").hidden = !config.draft;
   if (!config.chat) {
     $("mode-chat").disabled = true;
     $("mode-chat").title = "this model's tokenizer has no chat template";
