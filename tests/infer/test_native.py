@@ -61,6 +61,19 @@ def test_rows_at_different_positions_equal_single_runs(pair):
     assert batched[:2] == [decode_rows(engine, [p], r)[0] for p, r in zip(prompts[:2], rows[:2])]
 
 
+def test_more_rows_after_a_longer_prompt_stay_inside_the_cache():
+    """A slot's stride is the cache's capacity: after a long one-row call, a call with more but shorter rows must
+    grow the cache to slots x that capacity (it once checked the shorter length and wrote past the buffer)."""
+    model = build_model(get_preset("stentor2-tiny"), seed=0).eval()
+    engine, fresh = (NativeEngine(Weights.from_model(model), threads=1) for _ in range(2))
+    params = SamplingParams(greedy=True, max_new_tokens=6, stop_at_eos=False)
+    decode_rows(engine, [list(range(1, 200))], params)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    assert decode_rows(engine, prompts, params) == decode_rows(fresh, prompts, params)
+    w = engine.weights
+    assert engine._kv.size >= len(prompts) * w.layers * 2 * w.kv_heads * engine._model.capacity * w.head_dim
+
+
 def test_seeded_sampling_is_reproducible_and_samples_differ(pair):
     _, engine = pair
     params = SamplingParams(seed=3, max_new_tokens=16, stop_at_eos=False)

@@ -190,7 +190,8 @@ class Engine:
     def _ensure_cache(self, batch: int, length: int) -> None:
         if self._cache and self._cache[0].shape[0] >= batch and self._cache[0].shape[2] >= length:
             return
-        batch = max(batch, self._cache[0].shape[0] if self._cache else 0)
+        if self._cache:
+            batch, length = max(batch, self._cache[0].shape[0]), max(length, self._cache[0].shape[2])
         shape = (batch, 2 * self.kv_heads, length, self.head_dim)
         self._cache = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
 

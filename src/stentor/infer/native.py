@@ -332,10 +332,12 @@ class NativeEngine:
         self._work = np.empty(4 * w.vocab, dtype=np.float32)
 
     def _ensure_cache(self, slots: int, capacity: int) -> None:
+        # A slot's stride is the cache's capacity, so the size check uses the capacity the cache will have.
         w = self.weights
-        if self._model.capacity < capacity or self._kv.size < slots * w.layers * 2 * w.kv_heads * capacity * w.head_dim:
-            capacity = max(capacity, self._model.capacity)
-            self._kv = np.empty(slots * w.layers * 2 * w.kv_heads * capacity * w.head_dim, dtype=np.float32)
+        capacity = max(capacity, self._model.capacity)
+        needed = slots * w.layers * 2 * w.kv_heads * capacity * w.head_dim
+        if self._model.capacity < capacity or self._kv.size < needed:
+            self._kv = np.empty(needed, dtype=np.float32)
             self._model.kv, self._model.capacity = _ptr(self._kv), capacity
 
     def forward(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, out_rows: np.ndarray) -> np.ndarray:
