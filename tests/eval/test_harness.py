@@ -85,3 +85,55 @@ def test_cli_runs_tasks_and_names_unknown_ones(model_dir, task_dir, tmp_path, mo
     assert saved["precision"] == "fp32" and 0 <= saved["results"]["st_pairs"]["acc,none"] <= 1
     assert main(["eval", "lm-eval", "--model", str(model_dir), "--tasks", "no_such_task"]) == 2
     assert "unknown lm-eval task(s): no_such_task" in capsys.readouterr().err
+
+
+def score_through_stentor_serve(model_dir, paradigms, root) -> dict[str, float]:
+    """lm-eval's `local-completions` model (echo + prompt logprobs, batches of token-id lists) against
+    `stentor serve`, on BLiMP-shaped tasks written as local YAMLs: lm-eval's blimp layout with an
+    empty target delimiter, so each sentence is scored given BOS alone, as the paper and
+    `stentor eval blimp` do (lm-eval's own blimp tasks put a space before every sentence)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    from serving import stentor_serve
+
+    for p in paradigms:
+        rows = [{"sentence_good": good, "sentence_bad": bad} for good, bad in p.pairs]
+        (root / f"{p.uid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / f"{p.uid}.yaml").write_text(
+            f"task: local_blimp_{p.uid}\ndataset_path: json\ntest_split: train\n"
+            f"dataset_kwargs:\n  data_files: {{train: {root / f'{p.uid}.jsonl'}}}\n"
+            "output_type: multiple_choice\ntarget_delimiter: ''\ndoc_to_text: ''\ndoc_to_target: 0\n"
+            "doc_to_choice: '{{[sentence_good, sentence_bad]}}'\nmetric_list:\n  - metric: acc\n"
+        )
+    with stentor_serve(model_dir, "--model-name", "served") as (_, url):
+        args = f"model=served,base_url={url}/v1/completions,tokenizer={model_dir},tokenizer_backend=huggingface,batch_size=16"
+        out = simple_evaluate(model="local-completions", model_args=args, tasks=[f"local_blimp_{p.uid}" for p in paradigms],
+                              task_manager=TaskManager(include_path=str(root)))  # fmt: skip
+    return {p.uid: out["results"][f"local_blimp_{p.uid}"]["acc,none"] for p in paradigms}
+
+
+def test_local_completions_against_stentor_serve_equals_stentor_eval_blimp(model_dir, tmp_path, monkeypatch):
+    from stentor.eval import load_model_and_tokenizer
+    from stentor.eval.blimp import Paradigm, evaluate_blimp
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    sentences = [s.strip() + "." for s in english_like(120, seed=33).split(".") if s.strip()]
+    swapped = lambda s: " ".join(reversed(s.rstrip(".").split())) + "."  # noqa: E731
+    paradigms = [Paradigm(f"pairs_{k}", "f", "t", [(s, swapped(s)) for s in sentences[k * 25 : (k + 1) * 25]])
+                 for k in range(3)]  # fmt: skip
+    ours = evaluate_blimp(*load_model_and_tokenizer(str(model_dir)), paradigms, progress=False)
+    served = score_through_stentor_serve(model_dir, paradigms, tmp_path)
+    assert served == {p.uid: p.accuracy for p in ours.paradigms}
+    assert len(set(served.values())) > 1 or 0 < next(iter(served.values())) < 1  # not all-or-nothing by chance
+
+
+@pytest.mark.shared
+def test_local_completions_on_real_blimp_paradigms(shared_dir, model_dir, tmp_path, monkeypatch):
+    from stentor.eval import load_model_and_tokenizer
+    from stentor.eval.blimp import evaluate_blimp, load_blimp
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    uids = ["anaphor_gender_agreement", "determiner_noun_agreement_1", "regular_plural_subject_verb_agreement_1"]
+    paradigms = load_blimp(str(shared_dir / "data" / "blimp"), tasks=uids, limit=60)
+    ours = evaluate_blimp(*load_model_and_tokenizer(str(model_dir)), paradigms, progress=False)
+    assert score_through_stentor_serve(model_dir, paradigms, tmp_path) == {p.uid: p.accuracy for p in ours.paradigms}

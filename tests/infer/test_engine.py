@@ -144,6 +144,10 @@ def test_long_prompt_keeps_its_last_tokens(pair, caplog):
         {"min_p": 2.0},
         {"num_samples": 0},
         {"temperature": float("nan")},
+        {"presence_penalty": 2.5},
+        {"frequency_penalty": True},
+        {"logit_bias": ((1, 200.0),)},
+        {"logit_bias": {1: 2.0}},
     ],
 )
 def test_bad_sampling_settings_raise(bad):
@@ -201,3 +205,39 @@ def test_a_cancelled_row_ends_at_once_and_the_others_go_on(any_engine):
 
     rows = decode_rows(engine, prompts, params, cancelled=cancelled)
     assert 3 <= len(rows[0]) < 20 and rows[1] == alone
+
+
+def openai_adjusted_greedy(model, prompt: list[int], steps: int, bias: dict, presence: float, frequency: float,
+                           repetition: float) -> list[int]:  # fmt: skip
+    """OpenAI's logit_bias and presence/frequency penalties (over generated tokens) then HF's repetition
+    penalty and the arg-max, one full forward per step: the reference the engines must equal."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    ids, counts = list(prompt), torch.zeros(model.config.vocab_size)
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].clone()
+        for token, value in bias.items():
+            logits[token] += value
+        logits -= frequency * counts + presence * (counts > 0).float()
+        logits = RepetitionPenaltyLogitsProcessor(repetition)(torch.tensor([ids]), logits[None])[0]
+        ids.append(int(logits.argmax()))
+        counts[ids[-1]] += 1
+    return ids[len(prompt):]
+
+
+def test_logit_bias_and_presence_frequency_penalties_as_openai_defines_them(any_engine):
+    model, engine = any_engine
+    prompts = [list(range(10, 30)), [5, 6, 7], [5, 6, 7]]
+    settings = [dict(bias={}, presence=0.0, frequency=1.5), dict(bias={77: 6.0, 78: -100.0}, presence=1.0, frequency=0.0),
+                dict(bias={}, presence=0.0, frequency=0.0)]  # fmt: skip
+    rows = [SamplingParams(greedy=True, max_new_tokens=12, stop_at_eos=False, repetition_penalty=1.2,
+                           presence_penalty=s["presence"], frequency_penalty=s["frequency"],
+                           logit_bias=tuple(s["bias"].items())) for s in settings]  # fmt: skip
+    expected = [openai_adjusted_greedy(model, p, 12, repetition=1.2, **s) for p, s in zip(prompts, settings)]
+    assert decode_rows(engine, prompts, rows) == expected
+    assert expected[1] != expected[2] and 77 in expected[1]  # the adjustments changed what was picked
+    plain = openai_adjusted_greedy(model, prompts[0], 12, {}, 0.0, 0.0, 1.2)
+    assert plain != expected[0]
+    with pytest.raises(StentorError, match="outside the vocabulary"):
+        list(engine.generate([[1, 2]], SamplingParams(logit_bias=((10**6, 1.0),))))

@@ -174,6 +174,134 @@ def test_concurrent_requests_are_batched(client, server):
     assert after["max_batch_seen"] > 1
 
 
+def test_stop_strings_cut_the_text_across_tokens_in_plain_and_streamed_replies(client):
+    base = dict(model="tiny", prompt="The history of", max_tokens=40, temperature=1.0, top_p=1.0, seed=5, logprobs=0)
+    full = client.completions.create(**base).choices[0]
+    pieces = full.logprobs.tokens
+    plain = lambda piece: piece and "<" not in piece and piece.isascii() and piece.strip() == piece  # noqa: E731
+    k = next(k for k in range(1, len(pieces)) if plain(pieces[k - 1]) and plain(pieces[k]))
+    stop = pieces[k - 1][-1] + pieces[k][0]  # the last character of one token and the first of the next
+    cut = full.text.index(stop)
+    stopped = client.completions.create(**base, stop=[stop, "never-seen"]).choices[0]
+    assert stopped.text == full.text[:cut] and stopped.finish_reason == "stop"
+    streamed = list(client.completions.create(**base, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == full.text[:cut]
+    assert streamed[-1].choices[0].finish_reason == "stop"
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=30,
+                                          temperature=0)  # fmt: skip
+    text = chat.choices[0].message.content
+    if len(text) > 3:
+        short = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=30, temperature=0, stop=text[2:4])  # fmt: skip
+        assert short.choices[0].message.content == text[: text.index(text[2:4])]
+        assert short.choices[0].finish_reason == "stop"
+
+
+def test_echo_with_max_tokens_0_gives_the_prompts_loglikelihood_as_stentor_eval(client, tiny_dir):
+    from stentor.eval import load_model_and_tokenizer
+    from stentor.eval.blimp import sentence_logprobs
+    from stentor.eval.loading import start_token_id
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_dir))
+    sentences = ["The cat sat on a mat.", "Schools teach students."]
+    prompts = [[start_token_id(tokenizer), *tokenizer(t, add_special_tokens=False).input_ids] for t in sentences]
+    out = client.completions.create(model="tiny", prompt=prompts, max_tokens=0, echo=True, logprobs=1)
+    assert [c.index for c in out.choices] == [0, 1] and out.usage.completion_tokens == 0
+    assert out.usage.prompt_tokens == sum(len(p) for p in prompts)
+    scored = sentence_logprobs(model, tokenizer, sentences, progress=False)
+    for choice, ids, want in zip(out.choices, prompts, scored):
+        lp = choice.logprobs
+        assert lp.token_logprobs[0] is None and lp.model_extra["token_ids"] == ids and choice.finish_reason == "length"
+        assert sum(lp.token_logprobs[1:]) == pytest.approx(want, abs=1e-3)
+    echoed = client.completions.create(model="tiny", prompt="The history of", max_tokens=5, echo=True, seed=1)
+    plain = client.completions.create(model="tiny", prompt="The history of", max_tokens=5, seed=1)
+    assert echoed.choices[0].text == "The history of" + plain.choices[0].text
+
+
+def test_a_list_of_prompts_gives_a_choice_each_and_streams_can_end_with_usage(client):
+    out = client.completions.create(model="tiny", prompt=["Once upon", "The history of"], max_tokens=4, n=2, seed=3)
+    assert sorted(c.index for c in out.choices) == [0, 1, 2, 3]
+    one = client.completions.create(model="tiny", prompt="The history of", max_tokens=4, seed=3)
+    assert next(c.text for c in out.choices if c.index == 2) == one.choices[0].text  # prompt 1, sample 0
+    chunks = list(client.completions.create(model="tiny", prompt="Once upon", max_tokens=6, seed=2, stream=True,
+                                            stream_options={"include_usage": True}))  # fmt: skip
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens > 0
+    plain = client.completions.create(model="tiny", prompt="Once upon", max_tokens=6, seed=2)
+    assert chunks[-1].usage.model_dump() == plain.usage.model_dump()
+    assert all(c.usage is None for c in client.completions.create(model="tiny", prompt="x", max_tokens=2, stream=True))
+
+
+def test_presence_frequency_penalties_and_logit_bias_reach_the_engine(client, tiny):
+    base = dict(model="tiny", prompt="The history of", max_tokens=16, temperature=0.9, seed=7)
+    adjusted = dict(presence_penalty=0.8, frequency_penalty=1.3)
+    out = client.completions.create(**base, **adjusted).choices[0].text
+    want = tiny.generate("The history of", max_new_tokens=16, temperature=0.9, seed=7, **adjusted)
+    assert out == want and out != client.completions.create(**base).choices[0].text
+    forced = tiny.encode("and")[-1]
+    biased = client.completions.create(**base, logit_bias={str(forced): 100}, logprobs=0).choices[0]
+    assert set(biased.logprobs.model_extra["token_ids"]) == {forced}  # +100 outweighs every other logit
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                          logit_bias={str(forced): 100}, logprobs=True, seed=1)  # fmt: skip
+    assert {t.id for t in chat.choices[0].logprobs.content} == {forced}
+    eos = sorted(tiny.eos_ids)[0]  # biased to come first: listed with its logprob, as lm-eval's echo scoring needs
+    ended = client.completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=1, echo=True, logprobs=1,
+                                      logit_bias={str(eos): 100}, temperature=0)  # fmt: skip
+    choice = ended.choices[0]
+    assert choice.finish_reason == "stop" and choice.logprobs.model_extra["token_ids"] == [5, 6, 7, eos]
+    assert len(choice.logprobs.token_logprobs) == 4 and ended.usage.completion_tokens == 1
+    assert choice.text == tiny.tokenizer.decode([5, 6, 7])
+
+
+def test_tokenize_and_detokenize_in_llama_cpps_shapes(server, tiny_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    url = server[1]
+    ids = httpx.post(f"{url}/tokenize", json={"content": "Café and 東京"}).json()["tokens"]
+    assert ids == tok("Café and 東京", add_special_tokens=False).input_ids
+    special = httpx.post(f"{url}/tokenize", json={"content": "hi", "add_special": True}).json()["tokens"]
+    assert special == tok("hi", add_special_tokens=True).input_ids
+    pieces = httpx.post(f"{url}/tokenize", json={"content": "and", "with_pieces": True}).json()["tokens"]
+    assert [p["id"] for p in pieces] == tok("and", add_special_tokens=False).input_ids and "".join(p["piece"] for p in pieces) == "and"
+    assert httpx.post(f"{url}/detokenize", json={"tokens": ids}).json()["content"] == "Café and 東京"
+    assert httpx.post(f"{url}/detokenize", json={"tokens": [10**6]}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "path, body, fragment",
+    [
+        ("completions", {"prompt": "x", "suffix": "y"}, "'suffix' is not supported"),
+        ("completions", {"prompt": "x", "best_of": 3}, "'best_of' other than n"),
+        ("completions", {"prompt": "x", "frequency_penalty": 2.5}, "frequency_penalty=2.5: must be a number in [-2, 2]"),
+        ("completions", {"prompt": "x", "logit_bias": {"99999": 10}}, "not a token id"),
+        ("completions", {"prompt": "x", "logit_bias": {"5": 101}}, "must be a number in [-100, 100]"),
+        ("completions", {"prompt": "x", "logit_bias": [5]}, "must map at most"),
+        ("completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
+        ("completions", {"prompt": "x", "stop": [""]}, "'stop' must be"),
+        ("completions", {"prompt": "x", "max_tokens": 0}, "between 1 and 64"),
+        ("completions", {"prompt": [], "max_tokens": 2}, "'prompt' must be"),
+        ("completions", {"prompt": "x", "stream_options": {"include_usage": True}}, "with stream true"),
+        ("completions", {"prompt": "x", "echo": "yes"}, "'echo' must be true or false"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": []}, "'tools' is not supported"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "echo": True}, "'echo' is not supported"),
+        ("chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, "role 'tool' cannot be written"),
+        ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "must be text"),
+    ],
+)
+def test_fields_the_server_does_not_implement_are_400s_naming_them(server, path, body, fragment):
+    r = httpx.post(f"{server[1]}/v1/{path}", json=body, timeout=30)
+    assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.json()
+
+
+def test_chat_content_may_be_a_list_of_text_parts(client):
+    parts = [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]
+    a = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": parts}], max_tokens=5,
+                                       seed=4)  # fmt: skip
+    b = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=5,
+                                       seed=4)  # fmt: skip
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
 def test_the_playground_files_and_nothing_else(server):
     url = server[1]
     page = httpx.get(f"{url}/")

@@ -242,7 +242,8 @@ def test_serve_with_a_draft_keeps_the_text_and_reports_the_acceptance(tiny_dir, 
         got = httpx.post(f"{drafted}/v1/completions", json=body, timeout=60).json()["choices"][0]
         with httpx.stream("POST", f"{drafted}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
             chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
-        refused = httpx.post(f"{drafted}/v1/completions", json={**body, "suppress_replacement_tokens": True})
+        refused = [httpx.post(f"{drafted}/v1/completions", json={**body, name: value}) for name, value in
+                   (("suppress_replacement_tokens", True), ("frequency_penalty", 0.5), ("logit_bias", {"5": 1}))]
         page = httpx.get(f"{drafted}/playground/config.json").json()
     assert got["text"] == want["text"] and got["logprobs"]["token_ids"] == want["logprobs"]["token_ids"]
     assert got["logprobs"]["token_logprobs"] == pytest.approx(want["logprobs"]["token_logprobs"], abs=1e-4)
@@ -252,5 +253,5 @@ def test_serve_with_a_draft_keeps_the_text_and_reports_the_acceptance(tiny_dir, 
     assert "speculative" not in want
     assert chunks[-1]["choices"][0]["speculative"] == spec  # the stream's last chunk carries it too
     assert "".join(c["choices"][0]["text"] for c in chunks) == want["text"]
-    assert refused.status_code == 400 and "--draft" in refused.json()["error"]["message"]
+    assert all(r.status_code == 400 and "--draft" in r.json()["error"]["message"] for r in refused)
     assert page["draft"] is True

@@ -73,3 +73,35 @@ def test_incremental_decoder_matches_full_decode_on_random_ids(bpe):
     decoder = IncrementalDecoder(bpe)
     streamed = "".join(decoder.push([i]) for i in ids) + decoder.flush()
     assert streamed == bpe.decode(ids, skip_special_tokens=True)
+
+
+def test_stop_text_holds_back_only_what_could_begin_a_stop_and_keeps_items_with_their_text():
+    from stentor.infer.text import StopText
+
+    stop = StopText(["bcd", "xy"])
+    assert stop.push("ab", 1) == [("a", 1)]  # "b" could begin "bcd"
+    assert stop.push("c", 2) == []  # "bc" still could
+    assert stop.push("e", 3) == [("b", None), ("c", 2), ("e", 3)]  # the straddled piece's item went with "a"
+    assert stop.push("wx", 4) == [("w", 4)]
+    assert stop.push("yz", 5) == [] and stop.stopped  # the stop text and everything after it are dropped
+    assert stop.flush() == [] and stop.push("more", 6) == []
+    at_start = StopText(["Hi"])
+    assert at_start.push("Hi there", 1) == [] and at_start.stopped
+    assert StopText(["zz"]).flush() == []
+    unseen = StopText(["zzz"])
+    assert unseen.push("az", 1) == [("a", 1)] and unseen.flush() == [("z", None)]
+
+
+def test_a_stop_string_inside_a_character_split_across_tokens(bpe):
+    """東 is three byte tokens: the decoder releases it whole, and a stop on it cuts right before it."""
+    from stentor.infer.text import StopText
+
+    text = "Café 東京 and more"
+    ids = bpe(text, add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(bpe)
+    pieces = [decoder.push([t]) for t in ids] + [decoder.flush()]
+    assert "" in pieces and "".join(pieces) == text  # some tokens alone are no text yet
+    for stops, kept in ((["東"], "Café "), (["京 a"], "Café 東"), (["é 東京 and"], "Caf")):
+        stop = StopText(stops)
+        out = [t for piece in pieces for t, _ in stop.push(piece)] + [t for t, _ in stop.flush()]
+        assert "".join(out) == kept and stop.stopped, stops

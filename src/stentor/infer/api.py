@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from stentor.errors import StentorError
-from stentor.infer.decoding import SamplingParams, Step
+from stentor.infer.decoding import SamplingParams, Step, TokenLogprobs, chosen_logprobs
 from stentor.infer.text import Utf8Guard, streaming_decoder
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,24 @@ class Stentor:
             return self.engine.generate(prompts, rows, self.eos_ids, self.pad_id, guard, cancelled)
         if len(set(rows)) != 1 or len({len(p) for p in prompts}) != 1:
             raise StentorError("the hf engine decodes one setting and one prompt length per call; use --engine stentor")
-        if rows[0].logprobs is not None:
-            raise StentorError("logprobs come from the stentor and torch engines, not hf; use --engine stentor")
+        if rows[0].logprobs is not None or rows[0].adjusts_logits:
+            raise StentorError("logprobs, logit_bias and presence/frequency penalties come from the stentor and torch "
+                               "engines, not hf; use --engine stentor")  # fmt: skip
         return _hf_steps(self, prompts, rows[0], guard)
+
+    def prompt_logprobs(self, ids: list[int], top: int = 0) -> list[TokenLogprobs | None]:
+        """Each token's log-probability given the ones before it, with the `top` likeliest there
+        (the first token has none): the raw log-softmax, as generation's logprobs."""
+        if self.engine is None:
+            raise StentorError("prompt logprobs come from the stentor and torch engines, not hf; use --engine stentor")
+        if self.backend == "NativeEngine":
+            logits = self.engine.logits([ids])[0]
+        else:
+            import torch
+
+            logits = self.engine.logits(torch.tensor([ids]))[0].float().numpy()
+        rows = [SamplingParams(logprobs=top)] * (len(ids) - 1)
+        return [None, *chosen_logprobs(logits[:-1], ids[1:], rows)] if len(ids) > 1 else [None]
 
     def _expand(self, prompt, chat: bool, sampling: dict) -> tuple[list[list[int]], SamplingParams]:
         params = sampling_params(**sampling)

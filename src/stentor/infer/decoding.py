@@ -32,6 +32,10 @@ class SamplingParams:
     stop_at_eos: bool = True
     suppress_replacement_tokens: bool = False
     logprobs: int | None = None  # report each chosen token's log-probability and this many top alternatives
+    # OpenAI's adjustments, applied before the repetition penalty (see `LogitAdjust`); off by default.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
     def __post_init__(self) -> None:
         def bad(name: str, value, rule: str) -> StentorError:
@@ -63,6 +67,21 @@ class SamplingParams:
             isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):
             raise bad("logprobs", self.logprobs, f"must be an integer in [0, {MAX_LOGPROBS}] or unset")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -2 <= value <= 2:
+                raise bad(name, value, "must be a number in [-2, 2] (0 switches it off)")
+        if not isinstance(self.logit_bias, tuple) or not all(
+            isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], int) and not isinstance(pair[0], bool)
+            and pair[0] >= 0 and isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool)
+            and -100 <= pair[1] <= 100 for pair in self.logit_bias
+        ):  # fmt: skip
+            raise bad("logit_bias", self.logit_bias, "must be (token id, bias in [-100, 100]) pairs")
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether `LogitAdjust` has work for this row."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
     @property
     def do_sample(self) -> bool:
@@ -115,6 +134,43 @@ def chosen_logprobs(logits, chosen: list[int], params: list[SamplingParams]) -> 
         best = best[np.argsort(-logp[best], kind="stable")]
         out.append(TokenLogprobs(float(logp[token]), [(int(t), float(logp[t])) for t in best]))
     return out
+
+
+class LogitAdjust:
+    """OpenAI's logit_bias, presence_penalty and frequency_penalty for the rows of one `generate` call.
+
+    Row i's logit of token j moves by bias[j] - frequency * c[j] - presence * (c[j] > 0), where c[j]
+    counts the times the row has generated j (its own tokens, not the prompt's: vLLM's reading).
+    Engines add `offsets` to the raw logits before their sampler, whose repetition penalty comes
+    after; reported logprobs stay those of the raw logits.
+    """
+
+    def __init__(self, rows: list[SamplingParams], vocab: int):
+        import numpy as np
+
+        self.bias = np.zeros((len(rows), vocab), dtype=np.float32)
+        for i, p in enumerate(rows):
+            for token, value in p.logit_bias:
+                if token >= vocab:
+                    raise StentorError(f"logit_bias names token {token}, outside the vocabulary [0, {vocab})")
+                self.bias[i, token] += value
+        self.counts = np.zeros((len(rows), vocab), dtype=np.float32)
+        self.frequency = np.array([[p.frequency_penalty] for p in rows], dtype=np.float32)
+        self.presence = np.array([[p.presence_penalty] for p in rows], dtype=np.float32)
+
+    @classmethod
+    def of(cls, rows: list[SamplingParams], vocab: int) -> LogitAdjust | None:
+        """The adjustment of these rows, or None when no row asks for one (the common case costs nothing)."""
+        return cls(rows, vocab) if any(p.adjusts_logits for p in rows) else None
+
+    def offsets(self, rows):
+        """What to add to the logits [len(rows), V] of these rows (indices into the call's rows)."""
+        counts = self.counts[rows]
+        return self.bias[rows] - self.frequency[rows] * counts - self.presence[rows] * (counts > 0)
+
+    def observe(self, rows, tokens) -> None:
+        """Rows `rows` just generated `tokens`."""
+        self.counts[rows, tokens] += 1
 
 
 def plan_rows(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from stentor.errors import StentorError
-from stentor.infer.decoding import SamplingParams, Step, chosen_logprobs, fit_prompt, plan_rows
+from stentor.infer.decoding import LogitAdjust, SamplingParams, Step, chosen_logprobs, fit_prompt, plan_rows
 from stentor.infer.sampling import LogitsPipeline
 from stentor.infer.text import Utf8Guard
 
@@ -371,6 +371,7 @@ class Engine:
         count = [0] * batch
         finished = [False] * batch
         wants_logprobs = any(p.logprobs is not None for p in rows)
+        adjust = LogitAdjust.of(rows, self.vocab_size)
         column = width
         while True:
             banned = None
@@ -378,7 +379,11 @@ class Engine:
                 last = [c + 1 >= b for c, b in zip(count, budget)]
                 banned = torch.from_numpy(guard.mask(states, last)) & guarded
             raw = logits.float().numpy().copy() if wants_logprobs else None
+            if adjust is not None:
+                logits = logits.float() + torch.from_numpy(adjust.offsets(slice(None)))
             tokens = pipeline.choose(logits, seen, generator, banned)
+            if adjust is not None:
+                adjust.observe(list(range(batch)), tokens.numpy())
             if guard is not None:
                 states = guard.advance(states, tokens.numpy())
             token_list = tokens.tolist()

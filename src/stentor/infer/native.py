@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stentor.errors import StentorError
-from stentor.infer.decoding import SamplingParams, Step, chosen_logprobs, fit_prompt, plan_rows
+from stentor.infer.decoding import LogitAdjust, SamplingParams, Step, chosen_logprobs, fit_prompt, plan_rows
 from stentor.model.quant_format import QUANT_METHOD
 
 
@@ -443,6 +443,7 @@ class NativeEngine:
         count = [0] * batch
         finished = [False] * batch
         wants_logprobs = any(p.logprobs is not None for p in rows)
+        adjust = LogitAdjust.of(rows, V)
         n = batch
         while True:
             banned, p_banned = None, None
@@ -453,8 +454,12 @@ class NativeEngine:
             params_now = table if n == batch else (_Params * n)(*[table[i] for i in active[:n].tolist()])
             uniform[:n] = draw(active[:n])
             raw = logits[:n].copy() if wants_logprobs else None  # st_sample rewrites the logits in place
+            if adjust is not None:
+                logits[:n] += adjust.offsets(active[:n])
             lib.st_sample(n, V, p_logits, p_active, p_seen, p_banned, ctypes.addressof(params_now), p_uniform,
                           p_chosen, p_work)
+            if adjust is not None:
+                adjust.observe(active[:n], chosen[:n])
             slots, picked = active[:n].tolist(), chosen[:n].tolist()
             logprobs = None
             if raw is not None:

@@ -24,7 +24,7 @@ from stentor.errors import StentorError
 from stentor.infer.api import Stentor, sampling_params
 from stentor.infer.decoding import SamplingParams
 from stentor.infer.playground import ASSETS, asset, page_config
-from stentor.infer.text import streaming_decoder, token_pieces
+from stentor.infer.text import StopText, streaming_decoder, token_pieces
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,34 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     completion_tokens: int = 0
+    echo: bool = False  # the prompt's text (and its tokens' logprobs, if asked) comes first
+    generate: bool = True  # False for max_tokens 0 (echo only: how loglikelihood scoring asks)
+    stop: StopText | None = None
+    stopped: bool = False  # a stop string ended it
 
     def send(self, *event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def emit(self, piece: str, token: int | None = None, logprobs=None) -> None:
+        """A token's text (through the stop strings, if any) to the client."""
+        released = self.stop.push(piece, (token, logprobs)) if self.stop is not None else [(piece, (token, logprobs))]
+        for text, item in released:
+            token, logprobs = item or (None, None)
+            if logprobs is not None:  # one event per token: the client lists every token
+                self.send("token", text, token, logprobs)
+            elif text:
+                self.send("text", text)
+        if self.stop is not None and self.stop.stopped:
+            self.stopped = self.cancelled = True  # the engine ends the row at its next step
+
+    def finish(self, tail: str, drafted: dict | None = None, eos: bool = False) -> None:
+        if tail:
+            self.emit(tail)
+        if self.stop is not None:
+            for text, _ in self.stop.flush():
+                if text:
+                    self.send("text", text)
+        self.send("done", "stop" if eos or self.stopped else "length", self.completion_tokens, drafted)
 
 
 @dataclass
@@ -170,7 +195,30 @@ class Scheduler:
                     for job in batch:
                         job.send("error", f"generation failed: {exc}")
 
+    def _echo(self, job: Job) -> None:
+        """The prompt's text first, token by token with their logprobs when asked (the first has none)."""
+        lm = self.lm
+        with self.tokenizer_lock:
+            decoder = streaming_decoder(lm.tokenizer)
+            pieces = [decoder.push([t]) for t in job.prompt]
+            pieces[-1] += decoder.flush()
+        if job.params.logprobs is None:
+            job.send("text", "".join(pieces))
+            return
+        with lm.lock:
+            logprobs = lm.prompt_logprobs(job.prompt, job.params.logprobs)
+        for piece, token, lp in zip(pieces, job.prompt, logprobs):
+            job.send("token", piece, token, lp)
+
     def _decode(self, batch: list[Job]) -> None:
+        for job in batch:
+            if job.echo:
+                self._echo(job)
+            if not job.generate:
+                job.send("done", "length", 0, None)
+        batch = [job for job in batch if job.generate]
+        if not batch:
+            return
         lm = self.lm
         if self.draft is not None:
             for job in batch:
@@ -194,34 +242,35 @@ class Scheduler:
                         continue
                     token = step.tokens[i]
                     is_eos = job.params.stop_at_eos and token in lm.eos_ids
-                    if not is_eos:
-                        job.completion_tokens += 1
-                        with self.tokenizer_lock:
-                            piece = decoders[i].push([token])
-                        logprobs = step.logprobs[i] if step.logprobs is not None else None
-                        if logprobs is not None:  # one event per token: the client lists every token
-                            job.send("token", piece, token, logprobs)
-                        elif piece:
-                            job.send("text", piece)
+                    self._emit(job, decoders[i], token, is_eos, step.logprobs[i] if step.logprobs is not None else None)
                     if step.finished[i] or job.cancelled:
                         done[i] = True
                         with self.tokenizer_lock:
                             tail = decoders[i].flush()
-                        if tail:
-                            job.send("text", tail)
-                        job.send("done", "stop" if is_eos else "length", job.completion_tokens, None)
+                        job.finish(tail, eos=is_eos)
                 with self.stats.lock:
                     self.stats.tokens += active
                 if all(done):
                     steps.close()
                     break
 
+    def _emit(self, job: Job, decoder, token: int, eos: bool, logprobs) -> None:
+        """One generated token to its row. The EOS token counts and is listed with its logprobs
+        (as OpenAI and vLLM do: lm-eval's echo scoring drops the last listed token) but has no text."""
+        job.completion_tokens += 1
+        if eos:
+            if logprobs is not None:
+                job.emit("", token, logprobs)
+            return
+        with self.tokenizer_lock:
+            piece = decoder.push([token])
+        job.emit(piece, token, logprobs)
 
     def _decode_drafted(self, job: Job) -> None:
         """One row by speculative decoding; its "done" event carries the draft's statistics."""
         from stentor.infer.speculative import SpeculativeStats
 
-        lm, stats, finish = self.lm, SpeculativeStats(), "length"
+        lm, stats, eos = self.lm, SpeculativeStats(), False
         with self.stats.lock:
             self.stats.batches += 1
             self.stats.rows += 1
@@ -230,23 +279,15 @@ class Scheduler:
         with lm.lock:
             for new, logprobs in self.draft.stream(job.prompt, job.params, stats, cancelled=lambda: job.cancelled):
                 for j, token in enumerate(new):
-                    if job.params.stop_at_eos and token in lm.eos_ids:
-                        finish = "stop"
+                    eos = job.params.stop_at_eos and token in lm.eos_ids
+                    self._emit(job, decoder, token, eos, logprobs[j] if logprobs is not None else None)
+                    if eos or job.stopped:
                         break
-                    job.completion_tokens += 1
-                    with self.tokenizer_lock:
-                        piece = decoder.push([token])
-                    if logprobs is not None:
-                        job.send("token", piece, token, logprobs[j])
-                    elif piece:
-                        job.send("text", piece)
                 with self.stats.lock:
                     self.stats.tokens += len(new)
         with self.tokenizer_lock:
             tail = decoder.flush()
-        if tail:
-            job.send("text", tail)
-        job.send("done", finish, job.completion_tokens, stats.to_dict())
+        job.finish(tail, stats.to_dict(), eos=eos)
 
 
 # -- request parsing ---------------------------------------------------------------------------
@@ -279,17 +320,66 @@ def _logprobs(body: dict, chat: bool) -> int | None:
     return (top or 0) if wanted else None
 
 
-def _params(body: dict, config: ServeConfig, chat: bool) -> tuple[SamplingParams, int]:
-    for name in ("frequency_penalty", "presence_penalty"):
-        if _number(body, name, float, 0) != 0:
-            raise BadRequest(f"'{name}' is not supported; use 'repetition_penalty' (card default 1.2)", name)
-    if body.get("stop") not in (None, [], ""):
-        raise BadRequest("'stop' sequences are not supported; the model stops at its EOS token", "stop")
+# The fields a request may carry (OpenAI's, then ours); any other is a 400 naming it, never ignored.
+_COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "logprobs", "stop", "seed",
+           "user", "presence_penalty", "frequency_penalty", "logit_bias",
+           "top_k", "min_p", "repetition_penalty", "suppress_replacement_tokens"}  # fmt: skip
+FIELDS = {"completions": _COMMON | {"prompt", "echo", "best_of"}, "chat": _COMMON | {"messages",
+          "max_completion_tokens", "top_logprobs"}}  # fmt: skip
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
+MAX_ROWS = 256  # prompts x n in one request
+MAX_LOGIT_BIAS = 1024  # token ids one logit_bias may name
+CHAT_ROLES = ("system", "user", "assistant")  # what the card's template says
+
+
+def _check_fields(body: dict, chat: bool) -> None:
+    for name in body:
+        if name not in FIELDS["chat" if chat else "completions"]:
+            raise BadRequest(f"'{name}' is not supported by this server (the fields it takes: docs/serving.md)", name)
+    if not chat and _number(body, "best_of", int) not in (None, _number(body, "n", int, 1)):
+        raise BadRequest("'best_of' other than n is not supported (no server-side ranking of samples)", "best_of")
+
+
+def _logit_bias(body: dict, vocab: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} map, each bias in [-100, 100], as (id, bias) pairs."""
+    bias = body.get("logit_bias")
+    if bias is None:
+        return ()
+    if not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS:
+        raise BadRequest(f"'logit_bias' must map at most {MAX_LOGIT_BIAS} token ids to biases", "logit_bias")
+    pairs = []
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < vocab):
+            raise BadRequest(f"'logit_bias' key {key!r} is not a token id in [0, {vocab})", "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise BadRequest(f"'logit_bias' of token {key} must be a number in [-100, 100], got {value!r}",
+                             "logit_bias")  # fmt: skip
+        pairs.append((int(key), float(value)))
+    return tuple(pairs)
+
+
+def _stops(body: dict) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise BadRequest("'stop' must be a non-empty string or a list of them", "stop")
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise BadRequest(f"'stop' takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters", "stop")
+    return stops
+
+
+def _params(body: dict, config: ServeConfig, chat: bool, vocab: int) -> tuple[SamplingParams, int, int]:
+    """Sampling settings, n, and max_tokens (0 only with echo: the prompt's logprobs alone)."""
+    _check_fields(body, chat)
     max_tokens = config.default_max_tokens
     for key in ("max_tokens", "max_completion_tokens") if chat else ("max_tokens",):
         max_tokens = _number(body, key, int, max_tokens)
-    if not 1 <= max_tokens <= config.max_tokens:
-        raise BadRequest(f"'max_tokens' must be between 1 and {config.max_tokens}, got {max_tokens}", "max_tokens")
+    echo = _flag(body, "echo")
+    if not (0 if echo else 1) <= max_tokens <= config.max_tokens:
+        low = "0 (with echo)" if echo else "1"
+        raise BadRequest(f"'max_tokens' must be between {low} and {config.max_tokens}, got {max_tokens}", "max_tokens")
     n = _number(body, "n", int, 1)
     if not 1 <= n <= config.max_batch:
         raise BadRequest(f"'n' must be between 1 and {config.max_batch}, got {n}", "n")
@@ -301,42 +391,66 @@ def _params(body: dict, config: ServeConfig, chat: bool) -> tuple[SamplingParams
             min_p=_number(body, "min_p", float),
             repetition_penalty=_number(body, "repetition_penalty", float),
             seed=_number(body, "seed", int),
-            max_new_tokens=max_tokens,
-            suppress_replacement_tokens=bool(body.get("suppress_replacement_tokens", False)),
+            max_new_tokens=max(max_tokens, 1),
+            suppress_replacement_tokens=_flag(body, "suppress_replacement_tokens"),
             logprobs=_logprobs(body, chat),
+            presence_penalty=_number(body, "presence_penalty", float),
+            frequency_penalty=_number(body, "frequency_penalty", float),
+            logit_bias=_logit_bias(body, vocab),
         )
     except StentorError as exc:
         raise BadRequest(str(exc)) from None
-    return params, n
+    return params, n, max_tokens
 
 
-def _prompt_ids(lm: Stentor, body: dict, chat: bool, config: ServeConfig) -> list[int]:
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool) and value is not None:
+        raise BadRequest(f"'{name}' must be true or false, got {value!r}", name)
+    return bool(value)
+
+
+def _message_text(m) -> str:
+    """A message's text: a string, or OpenAI's list of text parts."""
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise BadRequest("each message needs a string 'role' and a 'content'", "messages")
+    if m["role"] not in CHAT_ROLES:
+        raise BadRequest(f"role {m['role']!r} cannot be written in this model's chat template (it has "
+                         f"{', '.join(CHAT_ROLES)})", "messages")  # fmt: skip
+    content = m.get("content")
+    if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+        if any(part.get("type") != "text" or not isinstance(part.get("text"), str) for part in content):
+            raise BadRequest("message content parts must be text ({'type': 'text', 'text': ...})", "messages")
+        return "".join(part["text"] for part in content)
+    if not isinstance(content, str):
+        raise BadRequest("each message needs a string 'role' and a string 'content'", "messages")
+    return content
+
+
+def _prompts(lm: Stentor, body: dict, chat: bool, config: ServeConfig) -> list[list[int]]:
+    """The encoded prompts: chat messages, or a string, a token-id list, or a list of either."""
+    field = "messages" if chat else "prompt"
     try:
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise BadRequest("'messages' must be a non-empty list of {role, content} objects", "messages")
-            for m in messages:
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                    raise BadRequest("each message needs a string 'role' and a string 'content'", "messages")
-            ids = lm.encode_chat([{"role": m["role"], "content": m["content"]} for m in messages])
+            prompts = [lm.encode_chat([{"role": m["role"], "content": _message_text(m)} for m in messages])]
         else:
             prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                prompt = prompt[0]
-            if not isinstance(prompt, str) and not (
-                isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-            ):
-                raise BadRequest("'prompt' must be a string (or a list of token ids)", "prompt")
-            ids = lm.encode(prompt)
+            is_ids = lambda p: isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)  # noqa: E731
+            if isinstance(prompt, str) or is_ids(prompt):
+                prompt = [prompt]
+            if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) or is_ids(p) for p in prompt):
+                raise BadRequest("'prompt' must be a string, a list of token ids, or a list of either", "prompt")
+            prompts = [lm.encode(p) for p in prompt]
     except StentorError as exc:
-        raise BadRequest(str(exc), "messages" if chat else "prompt") from None
-    if len(ids) > config.max_prompt_tokens:
-        raise BadRequest(
-            f"the prompt has {len(ids)} tokens; this server accepts at most {config.max_prompt_tokens}",
-            "messages" if chat else "prompt",
-        )
-    return ids
+        raise BadRequest(str(exc), field) from None
+    for ids in prompts:
+        if len(ids) > config.max_prompt_tokens:
+            raise BadRequest(f"the prompt has {len(ids)} tokens; this server accepts at most {config.max_prompt_tokens}",
+                             field)  # fmt: skip
+    return prompts
 
 
 def build_app(lm: Stentor, config: ServeConfig, draft=None):
@@ -385,23 +499,31 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
     async def completions(request: Request, chat: bool):
         try:
             body = await read_json(request)
-            params, n = _params(body, config, chat)
+            params, n, max_tokens = _params(body, config, chat, lm.vocab_size)
             if params.logprobs is not None:
                 scheduler.pieces()
-            if draft is not None and params.suppress_replacement_tokens:
-                raise BadRequest("'suppress_replacement_tokens' is not available on a server with --draft",
-                                 "suppress_replacement_tokens")  # fmt: skip
+            if draft is not None:
+                for name in ("suppress_replacement_tokens", "presence_penalty", "frequency_penalty", "logit_bias"):
+                    if body.get(name):
+                        raise BadRequest(f"'{name}' is not available on a server with --draft", name)
+            stops = _stops(body)
+            echo = _flag(body, "echo")
             with scheduler.tokenizer_lock:
-                prompt = _prompt_ids(lm, body, chat, config)
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise BadRequest("'stream' must be true or false", "stream")
+                prompts = _prompts(lm, body, chat, config)
+            if len(prompts) * n > MAX_ROWS:
+                raise BadRequest(f"{len(prompts)} prompts x n={n} is over {MAX_ROWS} rows; split the request", "n")
+            stream = _flag(body, "stream")
+            options = body.get("stream_options")
+            if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}):
+                raise BadRequest("'stream_options' is {\"include_usage\": bool}, with stream true", "stream_options")
+            include_usage = _flag(options or {}, "include_usage")
             loop = asyncio.get_running_loop()
             # Rows of one request get consecutive seeds, so n seeded samples differ from each other.
             jobs = [
-                Job(prompt, params if params.seed is None else params.replace(seed=params.seed + i), i, loop)
-                for i in range(n)
-            ]
+                Job(prompt, params if params.seed is None else params.replace(seed=params.seed + i), k * n + i, loop,
+                    echo=echo, generate=max_tokens > 0, stop=StopText(stops) if stops else None)
+                for k, prompt in enumerate(prompts) for i in range(n)
+            ]  # fmt: skip
             scheduler.submit(jobs)
         except BadRequest as exc:
             return error(exc)
@@ -423,8 +545,8 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
                                     for t, lp, _ in tokens]}  # fmt: skip
             return {
                 "tokens": [names[t] for t, _, _ in tokens],
-                "token_logprobs": [lp.logprob for _, lp, _ in tokens],
-                "top_logprobs": [{names[a]: b for a, b in lp.top} for _, lp, _ in tokens],
+                "token_logprobs": [lp.logprob if lp else None for _, lp, _ in tokens],  # None: echo's first token
+                "top_logprobs": [{names[a]: b for a, b in lp.top} if lp else None for _, lp, _ in tokens],
                 "text_offset": [offset for _, _, offset in tokens],
                 "token_ids": [t for t, _, _ in tokens],  # ours: the ids, since pieces can repeat
             }
@@ -464,6 +586,11 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
 
         usage_completion = 0
         offsets = {job.index: 0 for job in jobs}  # characters of completion text sent so far, per row
+        prompt_tokens = sum(len(job.prompt) for job in jobs)
+
+        def usage(completion: int) -> dict:
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                    "total_tokens": prompt_tokens + completion}  # fmt: skip
 
         def token_of(job: Job, event: tuple) -> tuple[int, Any, int]:
             """The (id, logprobs, text offset) of a "token" event; moves the row's offset past its text.
@@ -494,16 +621,12 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
                     return error(BadRequest(event[1], status=503 if "shutting" in event[1] else 500))
             choices = [choice(job, "".join(texts[job.index]), finishes[job.index], False, tokens[job.index],
                               drafted[job.index]) for job in jobs]  # fmt: skip
-            usage = {
-                "prompt_tokens": len(prompt) * n,
-                "completion_tokens": usage_completion,
-                "total_tokens": len(prompt) * n + usage_completion,
-            }
             obj = "chat.completion" if chat else "text_completion"
-            return JSONResponse({**meta, "object": obj, "choices": choices, "usage": usage})
+            return JSONResponse({**meta, "object": obj, "choices": choices, "usage": usage(usage_completion)})
 
         async def sse():
             obj = "chat.completion.chunk" if chat else "text_completion"
+            completion = 0
             async for job, event in merged():
                 if event[0] == "text":
                     chunk = {**meta, "object": obj, "choices": [choice(job, event[1], None, True)]}
@@ -511,10 +634,13 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
                     tokens = [token_of(job, event)]
                     chunk = {**meta, "object": obj, "choices": [choice(job, event[1], None, True, tokens)]}
                 elif event[0] == "done":
+                    completion += event[2]
                     chunk = {**meta, "object": obj, "choices": [choice(job, None, event[1], True, (), event[3])]}
                 else:
                     chunk = {"error": {"message": event[1], "type": "server_error", "param": None, "code": None}}
                 yield f"data: {json.dumps(chunk)}\n\n"
+            if include_usage:  # OpenAI's last chunk: no choices, the whole request's usage
+                yield f"data: {json.dumps({**meta, 'object': obj, 'choices': [], 'usage': usage(completion)})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -524,6 +650,39 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
 
     async def chat_route(request: Request):
         return await completions(request, chat=True)
+
+    async def tokenize(request: Request):
+        """llama.cpp's /tokenize: {"content", "add_special"?, "with_pieces"?} -> {"tokens": [...]}."""
+        try:
+            body = await read_json(request)
+            content = body.get("content")
+            if not isinstance(content, str):
+                raise BadRequest("'content' must be a string", "content")
+            extra = sorted(set(body) - {"content", "add_special", "with_pieces", "model"})
+            if extra:
+                raise BadRequest(f"'{extra[0]}' is not a /tokenize field (content, add_special, with_pieces)", extra[0])
+            with scheduler.tokenizer_lock:
+                ids = list(lm.tokenizer(content, add_special_tokens=_flag(body, "add_special"))["input_ids"])
+            if _flag(body, "with_pieces"):
+                names, _ = scheduler.pieces()
+                return JSONResponse({"tokens": [{"id": t, "piece": names[t]} for t in ids]})
+            return JSONResponse({"tokens": ids})
+        except BadRequest as exc:
+            return error(exc)
+
+    async def detokenize(request: Request):
+        """llama.cpp's /detokenize: {"tokens": [ids]} -> {"content": text} (special tokens kept)."""
+        try:
+            body = await read_json(request)
+            ids = body.get("tokens")
+            if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise BadRequest("'tokens' must be a list of token ids", "tokens")
+            if any(not 0 <= t < lm.vocab_size for t in ids):
+                raise BadRequest(f"token ids must be in [0, {lm.vocab_size})", "tokens")
+            with scheduler.tokenizer_lock:
+                return JSONResponse({"content": lm.tokenizer.decode(ids, skip_special_tokens=False)})
+        except BadRequest as exc:
+            return error(exc)
 
     async def page(request: Request):
         name = request.path_params.get("name", "index.html")
@@ -555,6 +714,8 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
         Route("/v1/completions", completions_route, methods=["POST"]),
         Route("/v1/chat/completions", chat_route, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", health, methods=["GET"]),
     ]

@@ -319,6 +319,8 @@ def speculative_stream(
     target's raw log-softmax, as in plain decoding); `stats` fills in as it goes; `cancelled()`
     turning true ends the stream after the current step. Models as in `speculative_generate`,
     whose vocabulary check the caller has made."""
+    if params.adjusts_logits:
+        raise StentorError("logit_bias and presence/frequency penalties are not available with a draft model")
     adaptive = k == "adaptive"
     if not adaptive and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise StentorError(f"draft length k must be a positive integer or 'adaptive', got {k!r}")

@@ -240,3 +240,60 @@ class Utf8Guard:
 
     def advance(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         return np.maximum(self.next_state[np.asarray(states), np.asarray(tokens)], 0)
+
+
+# -- stop strings ---------------------------------------------------------------------------------
+
+
+class StopText:
+    """Cuts a stream of text pieces at the first of some stop strings, across piece boundaries.
+
+    `push(piece, item)` returns the (text, item) pairs that are safe to send now: text that can no
+    longer turn out to begin a stop string. Text that could is held back, never more than the
+    longest stop string less one character. Once a stop string appears, `stopped` is true: the text
+    before it is released and the rest dropped. An item (a token's record) goes out with the first
+    text of its piece; a piece cut at the stop keeps its item only if some of its text is released.
+    """
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending: list[tuple[str, object]] = []
+        self.text = ""
+        self.stopped = False
+
+    def push(self, piece: str, item: object = None) -> list[tuple[str, object]]:
+        if self.stopped:
+            return []
+        self.pending.append((piece, item))
+        self.text += piece
+        found = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.stopped = True
+            return self._release(min(found), drop_rest=True)
+        held = 0
+        for stop in self.stops:  # the longest end of the text that begins some stop string
+            held = max(held, next((n for n in range(min(len(stop) - 1, len(self.text)), 0, -1)
+                                   if self.text.endswith(stop[:n])), 0))  # fmt: skip
+        return self._release(len(self.text) - held)
+
+    def flush(self) -> list[tuple[str, object]]:
+        """Everything held back (the stream ended without a stop string)."""
+        return [] if self.stopped else self._release(len(self.text))
+
+    def _release(self, upto: int, drop_rest: bool = False) -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        while self.pending:
+            piece, item = self.pending[0]
+            if len(piece) <= upto and not (drop_rest and upto == 0):  # at the cut itself: part of the stop
+                out.append((piece, item))
+                upto -= len(piece)
+                self.pending.pop(0)
+                continue
+            if upto > 0:  # a piece that straddles the cut: its first part now, the rest stays
+                out.append((piece[:upto], item))
+                self.pending[0] = (piece[upto:], None)
+            break
+        if drop_rest:
+            self.pending.clear()
+        self.text = "".join(p for p, _ in self.pending)
+        return out
