@@ -198,7 +198,7 @@ def test_an_invalid_value_is_shown_in_plain_words(page):
     generate(page, "the cat", temperature="-1")
     error = page.text_content("#error")
     assert page.is_visible("#error") and error.startswith("The server refused the request:")
-    assert "temperature" in error and "must be >= 0" in error and "Traceback" not in error
+    assert "temperature" in error and "must be 0 (greedy)" in error and "Traceback" not in error
     page.fill("#temperature", "0.8")
     assert generate(page, "the cat", seed="2") and page.is_hidden("#error")  # the next good request clears it
 
@@ -276,6 +276,24 @@ def test_with_a_draft_each_reply_shows_the_acceptance_rate(browser, story_model)
     assert text and figure.endswith(")") and "%" in figure
     accepted, proposed = map(int, figure.split("(")[1].rstrip(")").split("/"))
     assert 0 < proposed and accepted == proposed  # a draft identical to the target is always accepted
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, story_model):
+    with stentor_serve(story_model, "--api-key", "sesame-0123") as (_, url):
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.is_visible("#api-key")
+        generate(page, "the cat", seed="5")
+        refused = page.text_content("#error")
+        page.fill("#api-key", "sesame-0123")
+        text = generate(page, "the cat", seed="5")
+        cleared = page.is_hidden("#error")
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]")
+        kept = page.input_value("#api-key")  # for this tab only (sessionStorage)
+        page.close()
+    assert "needs its API key" in refused and text and cleared and kept == "sesame-0123"
 
 
 def test_a_dropped_connection_is_reported(page, server):

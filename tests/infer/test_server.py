@@ -141,12 +141,23 @@ def test_chat_logprobs_and_their_limits(client, server):
         (json.dumps({"prompt": "x", "repetition_penalty": 0}).encode(), "repetition_penalty"),
         (json.dumps({"prompt": "x " * 150}).encode(), "at most 100"),
         (json.dumps({"prompt": "x", "stream": "yes"}).encode(), "'stream' must be"),
+        (json.dumps({"prompt": list(range(300))}).encode(), "the prompt has 300 tokens"),  # counted before any cut
+        # values that once passed validation and then failed inside the decode step, taking the batch down
+        (json.dumps({"prompt": "x", "top_k": 2**63}).encode(), "'top_k' is out of range"),
+        (json.dumps({"prompt": "x", "top_k": 2**40}).encode(), "top_k"),
+        (json.dumps({"prompt": "x", "seed": 2**64}).encode(), "'seed' is out of range"),
+        (json.dumps({"prompt": "x", "temperature": 1e-308}).encode(), "temperature"),
+        (json.dumps({"prompt": "x", "repetition_penalty": 1e-308}).encode(), "repetition_penalty"),
+        (json.dumps({"prompt": "x", "temperature": 10**400}).encode(), "'temperature' is out of range"),
+        (b'{"prompt": "x", "temperature": 1e400}', "finite"),
+        (b"[" * 3000, "nests JSON too deeply"),
     ],
 )
 def test_bad_requests_get_400_with_a_message(server, body, fragment):
-    r = httpx.post(f"{server[1]}/v1/completions", content=body, timeout=30)
+    r = httpx.post(f"{server[1]}/v1/completions", content=body, headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 400
-    assert fragment in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert fragment in message and len(message) < 300, message  # our words, the client's value cut short
 
 
 def test_bad_chat_and_oversized_body(server):

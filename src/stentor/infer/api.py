@@ -118,19 +118,20 @@ class Stentor:
 
     # -- prompts -----------------------------------------------------------------------------
 
-    def encode(self, prompt: str | list[int], *, chat: bool = False, max_new_tokens: int = 1) -> list[int]:
-        """Token ids for a prompt (text, or ids as they are); `chat` applies the chat template."""
+    def encode(self, prompt: str | list[int], *, chat: bool = False, max_new_tokens: int = 1, fit: bool = True) -> list[int]:
+        """Token ids for a prompt (text, or ids as they are); `chat` applies the chat template.
+        A prompt too long for the context keeps its last tokens unless `fit` is False."""
         if isinstance(prompt, str):
             if chat:
-                return self.encode_chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens)
+                return self.encode_chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, fit=fit)
             ids = list(self.tokenizer(prompt)["input_ids"])
         elif isinstance(prompt, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
             ids = list(prompt)
         else:
             raise StentorError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
-        return self._fit(ids, max_new_tokens)
+        return self._fit(ids, max_new_tokens, fit)
 
-    def encode_chat(self, messages: list[dict], *, max_new_tokens: int = 1) -> list[int]:
+    def encode_chat(self, messages: list[dict], *, max_new_tokens: int = 1, fit: bool = True) -> list[int]:
         """Apply the tokenizer's chat template with a generation prompt and tokenize the result."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise StentorError(
@@ -140,9 +141,9 @@ class Stentor:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # jinja errors: the template rejected these messages
             raise StentorError(f"the chat template rejected the messages: {exc}") from None
-        return self._fit(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]), max_new_tokens)
+        return self._fit(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]), max_new_tokens, fit)
 
-    def _fit(self, ids: list[int], max_new_tokens: int) -> list[int]:
+    def _fit(self, ids: list[int], max_new_tokens: int, fit: bool = True) -> list[int]:
         if not ids:
             bos = self.tokenizer.bos_token_id
             if bos is None:
@@ -150,7 +151,7 @@ class Stentor:
             ids = [bos]
         if any(not 0 <= i < self.vocab_size for i in ids):
             raise StentorError(f"prompt token ids must be in [0, {self.vocab_size}); the tokenizer does not fit the model")
-        if self.engine is not None:
+        if fit and self.engine is not None:
             return self.engine.fit_prompt(ids, max_new_tokens)
         return ids
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from stentor.model.loading import DTYPES
@@ -80,6 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
             default_max_tokens=min(args.default_max_tokens, args.max_tokens),
             max_body_bytes=args.max_body_bytes,
             batch_wait_ms=args.batch_wait_ms,
+            request_timeout_s=args.request_timeout,
+            api_key=args.api_key or None,
+            allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else None,
+            cors_origins=tuple(args.cors_origin or ()),
         )
 
     config(args.max_prompt_tokens or 1)  # validate the limits before loading the model
@@ -176,7 +181,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Example:\n"
             "  stentor serve --model runs/my-model --open      # the playground in your browser\n"
             "  stentor serve --model runs/my-model --port 8000\n"
-            "  curl localhost:8000/v1/completions -d '{\"prompt\": \"The history of\", \"max_tokens\": 50}'"
+            "  curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\\n"
+            "       -d '{\"prompt\": \"The history of\", \"max_tokens\": 50}'\n"
+            "Bodies are JSON sent as Content-Type: application/json (so no web page can post to a local\n"
+            "server); --api-key, --allowed-hosts and --cors-origin guard a server others can reach.\n"
+            "Every request field: docs/serving.md."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -194,6 +203,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long an idle server waits to gather a batch (default: %(default)s)"
     )
+    p.add_argument(
+        "--request-timeout", type=float, default=10.0,
+        help="seconds a request's headers and body may take to arrive; slower connections are closed (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("STENTOR_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health and the page's files "
+        "(default: $STENTOR_API_KEY; none)",
+    )
+    p.add_argument(
+        "--allowed-hosts", nargs="+", metavar="HOST",
+        help="Host header values to answer (default: localhost, 127.0.0.1, ::1 and --host; any with --host 0.0.0.0); "
+        "'*' for any. Stops DNS-rebinding pages from reaching a local server",
+    )  # fmt: skip
+    p.add_argument(
+        "--cors-origin", action="append", metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://example.org) call the API; repeatable (default: none)",
+    )  # fmt: skip
     p.add_argument("--open", action="store_true", help="open the playground page (GET /) in the default browser")
     _draft_args(p)
     p.set_defaults(func=_serve)

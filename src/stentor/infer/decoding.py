@@ -10,6 +10,10 @@ from stentor.errors import StentorError
 from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS
 
 MAX_LOGPROBS = 20  # top alternatives a step may report (OpenAI chat allows 20; completions 5)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+MAX_PENALTY = 100.0  # repetition_penalty in [1/100, 100]
+MAX_INT32 = 2**31 - 1
+MAX_SEED = 2**63 - 1  # OpenAI's seed is an int64; torch and numpy take it
 
 
 @dataclass(frozen=True)
@@ -45,24 +49,29 @@ class SamplingParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad(name, value, "must be a finite number")
-        if self.temperature < 0:
-            raise bad("temperature", self.temperature, "must be >= 0 (0 means greedy)")
+        # Bounds keep every value inside what the samplers compute in float32 (a temperature or penalty
+        # of 1e-308 would divide the logits into infinities) and what their integer fields hold.
+        if self.temperature != 0 and not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            raise bad("temperature", self.temperature, f"must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
         if not 0 < self.top_p <= 1:
             raise bad("top_p", self.top_p, "must be in (0, 1]; use 1 to switch top-p off")
-        if self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", self.repetition_penalty, "must be > 0; use 1 to switch it off")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise bad("top_k", self.top_k, "must be an integer >= 0; use 0 to switch top-k off")
+        if not 1 / MAX_PENALTY <= self.repetition_penalty <= MAX_PENALTY:
+            raise bad("repetition_penalty", self.repetition_penalty,
+                      f"must be in [{1 / MAX_PENALTY}, {MAX_PENALTY}]; use 1 to switch it off")  # fmt: skip
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 0 <= self.top_k <= MAX_INT32:
+            raise bad("top_k", self.top_k, f"must be an integer in [0, {MAX_INT32}]; use 0 to switch top-k off")
         if self.min_p is not None and (
             isinstance(self.min_p, bool) or not isinstance(self.min_p, (int, float)) or not 0 <= self.min_p <= 1
         ):
             raise bad("min_p", self.min_p, "must be in [0, 1] or unset")
         for name in ("max_new_tokens", "num_samples"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_INT32:
                 raise bad(name, value, "must be a positive integer")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise bad("seed", self.seed, "must be a non-negative integer")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise bad("seed", self.seed, f"must be an integer in [0, {MAX_SEED}]")
         if self.logprobs is not None and (
             isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):

@@ -27,7 +27,8 @@ def asset(name: str) -> bytes:
     return resources.files("stentor.infer").joinpath("web", name).read_bytes()
 
 
-def page_config(lm, model_name: str, *, max_tokens: int, max_prompt_tokens: int, draft: bool = False) -> dict:
+def page_config(lm, model_name: str, *, max_tokens: int, max_prompt_tokens: int, draft: bool = False,
+                needs_key: bool = False) -> dict:
     """What the page needs to know: the model, the server's limits, the card's sampling guidance."""
     from stentor.model.params import config_parameters
 
@@ -41,6 +42,7 @@ def page_config(lm, model_name: str, *, max_tokens: int, max_prompt_tokens: int,
         "max_tokens": max_tokens,
         "max_prompt_tokens": max_prompt_tokens,
         "draft": draft,  # rows are decoded speculatively; each reply reports the draft's acceptance rate
+        "needs_key": needs_key,  # the API wants 'Authorization: Bearer KEY': the page asks for it
         "defaults": {**SAMPLING_DEFAULTS, "max_tokens": min(max_tokens, MAX_NEW_TOKENS_DEFAULT)},
         "ranges": {name: {"low": lo, "high": hi, "below": below, "above": above}
                    for name, (lo, hi, below, above) in SAMPLING_RANGES.items()},  # fmt: skip

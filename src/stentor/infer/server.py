@@ -22,9 +22,9 @@ from typing import Any
 
 from stentor.errors import StentorError
 from stentor.infer.api import Stentor, sampling_params
-from stentor.infer.decoding import SamplingParams
+from stentor.infer.decoding import MAX_SEED, SamplingParams
 from stentor.infer.playground import ASSETS, asset, page_config
-from stentor.infer.text import StopText, streaming_decoder, token_pieces
+from stentor.infer.text import StopText, streaming_decoder, token_bytes, token_pieces
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,21 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     batch_wait_ms: float = 5.0
     shutdown_timeout_s: float = 30.0
+    request_timeout_s: float = 10.0  # a request's headers and body must arrive within this
+    max_connections: int = 4096  # open at once; more are closed on arrival (idle ones are reaped)
+    max_waiting_rows: int = 1024  # rows queued for the engine; beyond them a request gets 503
+    api_key: str | None = None  # then every endpoint but /health and the page's files needs it
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names answered (None: loopback + host)
+    cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API from a browser
+
+    def hosts(self) -> frozenset[str] | None:
+        """The Host names to answer, None for any: loopback names and the bound address by default,
+        any name when bound to every interface (which names reach it is the network's business)."""
+        if self.allowed_hosts is not None:
+            return None if "*" in self.allowed_hosts else frozenset(h.lower() for h in self.allowed_hosts)
+        if self.host in ("0.0.0.0", "::", ""):
+            return None
+        return frozenset({"localhost", "127.0.0.1", "::1", self.host.lower()})
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch <= 256:
@@ -53,6 +68,10 @@ class ServeConfig:
             raise StentorError("--max-prompt-tokens must be >= 1 and --max-body-bytes >= 1024")
         if not 0 <= self.port <= 65535:
             raise StentorError(f"--port {self.port} must be between 0 and 65535")
+        if self.api_key is not None and (len(self.api_key) < 8 or not self.api_key.isprintable() or " " in self.api_key):
+            raise StentorError("--api-key must be at least 8 printable characters without spaces")
+        if not 0.1 <= self.request_timeout_s <= 3600:
+            raise StentorError(f"--request-timeout {self.request_timeout_s} must be between 0.1 and 3600 seconds")
 
 
 class BadRequest(Exception):
@@ -76,8 +95,12 @@ class Job:
     generate: bool = True  # False for max_tokens 0 (echo only: how loglikelihood scoring asks)
     stop: StopText | None = None
     stopped: bool = False  # a stop string ended it
+    began: bool = False  # an event went out: the row cannot be decoded again from scratch
+    ended: bool = False  # its "done" or "error" went out
 
     def send(self, *event: Any) -> None:
+        self.began = True
+        self.ended = self.ended or event[0] in ("done", "error")
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
     def emit(self, piece: str, token: int | None = None, logprobs=None) -> None:
@@ -130,6 +153,7 @@ class Scheduler:
         self.tokenizer_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="stentor-scheduler", daemon=True)
         self._pieces: tuple[list[str], list[bytes]] | None = None
+        self._max_chars: int | None = None
 
     def pieces(self) -> tuple[list[str], list[bytes]]:
         """Each id's text and bytes (`token_pieces`), built on the first request for logprobs."""
@@ -140,6 +164,22 @@ class Scheduler:
                 except StentorError as exc:
                     raise BadRequest(f"logprobs are not available for this tokenizer: {exc}", "logprobs") from None
         return self._pieces
+
+    def encode(self, body: dict, chat: bool) -> list[list[int]]:
+        """A request's prompts as ids (`_prompts`), in a worker thread so the event loop never waits on it."""
+        with self.tokenizer_lock:
+            return _prompts(self.lm, body, chat, self.config, self.max_prompt_chars())
+
+    def max_prompt_chars(self) -> int:
+        """The longest text that could still fit --max-prompt-tokens: longer ones are refused before
+        they are tokenized (a 1 MB prompt would hold the tokenizer for a fraction of a second)."""
+        if self._max_chars is None:
+            try:
+                longest = max((len(b) for b in token_bytes(self.lm.tokenizer, self.lm.vocab_size) if b), default=1)
+            except StentorError:
+                longest = 64  # a tokenizer we cannot read token by token: a generous bound on one token's text
+            self._max_chars = self.config.max_prompt_tokens * max(longest, 1) + CHAT_TEMPLATE_CHARS
+        return self._max_chars
 
     def start(self) -> None:
         self.thread.start()
@@ -160,6 +200,9 @@ class Scheduler:
     def submit(self, jobs: list[Job]) -> None:
         if self.stopping:
             raise BadRequest("the server is shutting down", status=503)
+        if self.waiting.qsize() + len(jobs) > self.config.max_waiting_rows:
+            raise BadRequest(f"the server is busy ({self.waiting.qsize()} rows are waiting); try again shortly",
+                             status=503)  # fmt: skip
         with self.stats.lock:
             self.stats.requests += 1
         for job in jobs:
@@ -190,10 +233,25 @@ class Scheduler:
             if batch:
                 try:
                     self._decode(batch)
-                except Exception as exc:  # report to the clients, keep serving
-                    log.exception("batch failed")
-                    for job in batch:
-                        job.send("error", f"generation failed: {exc}")
+                except Exception:  # our bug: keep serving, and keep it to the rows it belongs to
+                    self._isolate(batch)
+
+    def _isolate(self, batch: list[Job]) -> None:
+        """A batch failed: every row that had sent nothing yet is decoded again alone, so a row that
+        fails takes only itself down; rows already under way get the error."""
+        log.exception("a batch of %d rows failed; decoding its rows that had not begun one at a time", len(batch))
+        for job in batch:
+            if job.ended:
+                continue
+            if job.began or len(batch) == 1:
+                job.send("error", GENERATION_FAILED)
+                continue
+            try:
+                self._decode([job])
+            except Exception:
+                log.exception("a row failed on its own")
+                if not job.ended:
+                    job.send("error", GENERATION_FAILED)
 
     def _echo(self, job: Job) -> None:
         """The prompt's text first, token by token with their logprobs when asked (the first has none)."""
@@ -298,8 +356,16 @@ def _number(body: dict, name: str, kind: type, default=None):
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise BadRequest(f"'{name}' must be {'a number' if kind is float else 'an integer'}, got {value!r}", name)
-    return value
+        raise BadRequest(f"'{name}' must be {'a number' if kind is float else 'an integer'}, got {_shown(value)}", name)
+    if isinstance(value, int) and abs(value) > MAX_INT:  # JSON integers have no bound; ours do
+        raise BadRequest(f"'{name}' is out of range: {_shown(value)}", name)
+    return float(value) if kind is float else value
+
+
+def _shown(value: Any) -> str:
+    """A client's value in a message, cut short (a 4,000-digit number or a huge string stays out of logs)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
@@ -329,7 +395,11 @@ FIELDS = {"completions": _COMMON | {"prompt", "echo", "best_of"}, "chat": _COMMO
 MAX_STOPS, MAX_STOP_CHARS = 4, 256
 MAX_ROWS = 256  # prompts x n in one request
 MAX_LOGIT_BIAS = 1024  # token ids one logit_bias may name
+MAX_INT = 2**63 - 1  # the largest integer any field takes (OpenAI's are int64)
+CLIENT_GONE = 499  # nginx's "client closed request": what the access log shows for a request nobody awaits
+GENERATION_FAILED = "generation failed on the server (the error is in its log); try again"
 CHAT_ROLES = ("system", "user", "assistant")  # what the card's template says
+CHAT_TEMPLATE_CHARS = 4096  # room for the template's own text around the messages
 
 
 def _check_fields(body: dict, chat: bool) -> None:
@@ -427,15 +497,25 @@ def _message_text(m) -> str:
     return content
 
 
-def _prompts(lm: Stentor, body: dict, chat: bool, config: ServeConfig) -> list[list[int]]:
-    """The encoded prompts: chat messages, or a string, a token-id list, or a list of either."""
+def _prompts(lm: Stentor, body: dict, chat: bool, config: ServeConfig, max_chars: int) -> list[list[int]]:
+    """The encoded prompts: chat messages, or a string, a token-id list, or a list of either. Text
+    over `max_chars` cannot fit --max-prompt-tokens and is refused before it is tokenized."""
     field = "messages" if chat else "prompt"
+    limit = config.max_prompt_tokens
+
+    def too_long(count: int, unit: str) -> BadRequest:
+        return BadRequest(f"the prompt has {count} {unit}; this server accepts at most {limit} tokens", field)
+
     try:
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise BadRequest("'messages' must be a non-empty list of {role, content} objects", "messages")
-            prompts = [lm.encode_chat([{"role": m["role"], "content": _message_text(m)} for m in messages])]
+            messages = [{"role": m["role"], "content": _message_text(m)} for m in messages]
+            chars = sum(len(m["content"]) for m in messages)
+            if chars > max_chars:
+                raise too_long(chars, "characters")
+            prompts = [lm.encode_chat(messages, fit=False)]
         else:
             prompt = body.get("prompt")
             is_ids = lambda p: isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)  # noqa: E731
@@ -443,14 +523,67 @@ def _prompts(lm: Stentor, body: dict, chat: bool, config: ServeConfig) -> list[l
                 prompt = [prompt]
             if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) or is_ids(p) for p in prompt):
                 raise BadRequest("'prompt' must be a string, a list of token ids, or a list of either", "prompt")
-            prompts = [lm.encode(p) for p in prompt]
+            for p in prompt:
+                if len(p) > (max_chars if isinstance(p, str) else limit):
+                    raise too_long(len(p), "characters" if isinstance(p, str) else "tokens")
+            prompts = [lm.encode(p, fit=False) for p in prompt]
     except StentorError as exc:
         raise BadRequest(str(exc), field) from None
     for ids in prompts:
-        if len(ids) > config.max_prompt_tokens:
-            raise BadRequest(f"the prompt has {len(ids)} tokens; this server accepts at most {config.max_prompt_tokens}",
-                             field)  # fmt: skip
+        if len(ids) > limit:
+            raise too_long(len(ids), "tokens")
     return prompts
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port: 'localhost:8000' -> 'localhost', '[::1]:80' -> '::1'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _public(path: str) -> bool:
+    """What a server with --api-key serves without it: its health, and the page's own files (they hold
+    no data; the page asks for the key before it calls the API)."""
+    return path in ("/", "/health") or path.startswith("/playground/")
+
+
+class _Guard:
+    """ASGI middleware that admits a request before any route sees it: a Host the server answers (no
+    DNS rebinding), a JSON body (a page elsewhere cannot post a form or text to a local server without
+    CORS, which is off unless --cors-origin), and the API key when one is set."""
+
+    def __init__(self, app, config: ServeConfig, refuse):
+        self.app, self.hosts, self.refuse = app, config.hosts(), refuse
+        self.key = config.api_key.encode() if config.api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                return await self.refuse(problem)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _problem(self, scope) -> BadRequest | None:
+        import hmac
+
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        host = _host_name(headers.get("host", ""))
+        if self.hosts is not None and host not in self.hosts:
+            return BadRequest(f"this server does not answer for host {_shown(host)}; start it with --allowed-hosts "
+                              f"{_shown(host)} to allow it", code="host_not_allowed")  # fmt: skip
+        if scope["method"] == "POST":
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return BadRequest(f"the body must be JSON sent with Content-Type: application/json (got "
+                                  f"{_shown(kind) if kind else 'none'})", status=415, code="unsupported_media_type")  # fmt: skip
+        if self.key is not None and not _public(scope["path"]):
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.key):
+                return BadRequest("a valid API key is needed: send 'Authorization: Bearer KEY' (the server's "
+                                  "--api-key)", status=401, code="invalid_api_key")  # fmt: skip
+        return None
 
 
 def build_app(lm: Stentor, config: ServeConfig, draft=None):
@@ -462,7 +595,7 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
     if not all(importlib.util.find_spec(name) for name in ("starlette", "uvicorn")):
         raise StentorError("stentor serve needs starlette and uvicorn: pip install 'stentor[serve]'")
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
@@ -479,20 +612,26 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
             raise BadRequest(f"request body over {config.max_body_bytes} bytes", status=413)
-        data = b""
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > config.max_body_bytes:
-                raise BadRequest(f"request body over {config.max_body_bytes} bytes", status=413)
+        data = bytearray()
+        try:
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > config.max_body_bytes:
+                    raise BadRequest(f"request body over {config.max_body_bytes} bytes", status=413)
+        except ClientDisconnect:
+            log.info("%s: the client went away before sending the whole body", request.client.host if request.client else "?")
+            raise BadRequest("the client went away before sending the whole body", status=CLIENT_GONE) from None
         try:
             body = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("the request body nests JSON too deeply") from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         model = body.get("model", config.model_name)
         if model != config.model_name:
-            raise BadRequest(f"unknown model {model!r}; this server serves {config.model_name!r}", "model",
+            raise BadRequest(f"unknown model {_shown(model)}; this server serves {config.model_name!r}", "model",
                              code="model_not_found")
         return body
 
@@ -508,8 +647,7 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
                         raise BadRequest(f"'{name}' is not available on a server with --draft", name)
             stops = _stops(body)
             echo = _flag(body, "echo")
-            with scheduler.tokenizer_lock:
-                prompts = _prompts(lm, body, chat, config)
+            prompts = await asyncio.get_running_loop().run_in_executor(None, scheduler.encode, body, chat)
             if len(prompts) * n > MAX_ROWS:
                 raise BadRequest(f"{len(prompts)} prompts x n={n} is over {MAX_ROWS} rows; split the request", "n")
             stream = _flag(body, "stream")
@@ -519,11 +657,10 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
             include_usage = _flag(options or {}, "include_usage")
             loop = asyncio.get_running_loop()
             # Rows of one request get consecutive seeds, so n seeded samples differ from each other.
-            jobs = [
-                Job(prompt, params if params.seed is None else params.replace(seed=params.seed + i), k * n + i, loop,
-                    echo=echo, generate=max_tokens > 0, stop=StopText(stops) if stops else None)
-                for k, prompt in enumerate(prompts) for i in range(n)
-            ]  # fmt: skip
+            seeded = lambda i: params if params.seed is None else params.replace(seed=(params.seed + i) % (MAX_SEED + 1))  # noqa: E731
+            jobs = [Job(prompt, seeded(i), k * n + i, loop, echo=echo, generate=max_tokens > 0,
+                        stop=StopText(stops) if stops else None)
+                    for k, prompt in enumerate(prompts) for i in range(n)]  # fmt: skip
             scheduler.submit(jobs)
         except BadRequest as exc:
             return error(exc)
@@ -584,7 +721,6 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
                 for job in jobs:
                     job.cancelled = True
 
-        usage_completion = 0
         offsets = {job.index: 0 for job in jobs}  # characters of completion text sent so far, per row
         prompt_tokens = sum(len(job.prompt) for job in jobs)
 
@@ -605,24 +741,40 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
             return token, lp, start
 
         if not stream:
-            texts: dict[int, list[str]] = {job.index: [] for job in jobs}
-            tokens: dict[int, list[tuple]] = {job.index: [] for job in jobs}
-            finishes: dict[int, str] = {}
-            drafted: dict[int, dict | None] = {}
-            async for job, event in merged():
-                if event[0] in ("text", "token"):
-                    texts[job.index].append(event[1])
-                    if event[0] == "token":
-                        tokens[job.index].append(token_of(job, event))
-                elif event[0] == "done":
-                    finishes[job.index], drafted[job.index] = event[1], event[3]
-                    usage_completion += event[2]
-                else:
-                    return error(BadRequest(event[1], status=503 if "shutting" in event[1] else 500))
-            choices = [choice(job, "".join(texts[job.index]), finishes[job.index], False, tokens[job.index],
-                              drafted[job.index]) for job in jobs]  # fmt: skip
-            obj = "chat.completion" if chat else "text_completion"
-            return JSONResponse({**meta, "object": obj, "choices": choices, "usage": usage(usage_completion)})
+
+            async def collect():
+                texts: dict[int, list[str]] = {job.index: [] for job in jobs}
+                tokens: dict[int, list[tuple]] = {job.index: [] for job in jobs}
+                finishes: dict[int, str] = {}
+                drafted: dict[int, dict | None] = {}
+                completion = 0
+                async for job, event in merged():
+                    if event[0] in ("text", "token"):
+                        texts[job.index].append(event[1])
+                        if event[0] == "token":
+                            tokens[job.index].append(token_of(job, event))
+                    elif event[0] == "done":
+                        finishes[job.index], drafted[job.index] = event[1], event[3]
+                        completion += event[2]
+                    else:
+                        return error(BadRequest(event[1], status=503 if "shutting" in event[1] else 500))
+                choices = [choice(job, "".join(texts[job.index]), finishes[job.index], False, tokens[job.index],
+                                  drafted[job.index]) for job in jobs]  # fmt: skip
+                obj = "chat.completion" if chat else "text_completion"
+                return JSONResponse({**meta, "object": obj, "choices": choices, "usage": usage(completion)})
+
+            async def client_gone() -> None:  # the body is read: the next message is the disconnect
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+
+            # A client that hangs up stops its rows at once, as a stream's does (merged() cancels them).
+            work, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(client_gone())
+            finished, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if work in finished:
+                gone.cancel()
+                return work.result()
+            work.cancel()
+            return error(BadRequest("the client went away", status=CLIENT_GONE))
 
         async def sse():
             obj = "chat.completion.chunk" if chat else "text_completion"
@@ -688,7 +840,8 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
         name = request.path_params.get("name", "index.html")
         if name == "config.json":
             return JSONResponse(page_config(lm, config.model_name, max_tokens=config.max_tokens,
-                                            max_prompt_tokens=config.max_prompt_tokens, draft=draft is not None))
+                                            max_prompt_tokens=config.max_prompt_tokens, draft=draft is not None,
+                                            needs_key=config.api_key is not None))
         if name not in ASSETS:
             return JSONResponse({"error": {"message": f"no page file {name!r}", "type": "not_found"}}, status_code=404)
         return Response(asset(name), media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
@@ -719,7 +872,19 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
         Route("/health", health, methods=["GET"]),
         Route("/metrics", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """Our bug, not the client's: the traceback goes to the log, the client gets our words."""
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error(BadRequest("the server failed on this request (the error is in its log)", status=500))
+
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    # CORS outermost, so a browser page that is allowed also reads the guard's refusals.
+    middleware = [Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])] if config.cors_origins else []  # fmt: skip
+    middleware.append(Middleware(_Guard, config=config, refuse=error))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={Exception: unexpected})
     app.state.scheduler = scheduler
     return app
 
@@ -732,9 +897,15 @@ def serve(lm: Stentor, config: ServeConfig, *, open_page: bool = False, draft=No
     """
     import signal
 
+    import resource
+
     import uvicorn
 
+    from stentor.infer.connections import guarded_protocol
+
     app = build_app(lm, config, draft)
+    descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = config.max_connections if descriptors == resource.RLIM_INFINITY else min(config.max_connections, descriptors - 64)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -742,13 +913,19 @@ def serve(lm: Stentor, config: ServeConfig, *, open_page: bool = False, draft=No
             port=config.port,
             log_level="info",
             timeout_graceful_shutdown=int(config.shutdown_timeout_s),
-            limit_concurrency=1024,
+            # No uvicorn-wide 503 cap (it counts idle sockets): connections are bounded by the guarded
+            # protocol, and the engine's queue by max_waiting_rows.
+            limit_concurrency=None,
+            http=guarded_protocol(config.request_timeout_s, max(cap, 16)),
         )
     )
     # uvicorn re-raises the stop signal once it has shut down; a no-op handler turns that into a clean exit.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    if config.api_key is None and config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
+                    config.host)  # fmt: skip
     log.info("playground: http://%s:%d/", host, config.port)
     if open_page:
         threading.Thread(target=_open_when_up, args=(server, f"http://{host}:{config.port}/"), daemon=True).start()

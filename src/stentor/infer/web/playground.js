@@ -15,10 +15,17 @@ async function refusal(response) {
   } catch (_) {
     message = `HTTP ${response.status}`;
   }
+  if (response.status === 401) return "The server needs its API key: enter it under Sampling, then try again.";
   if (response.status === 503) return `The server is busy or shutting down (${message}). Try again in a moment.`;
   if (response.status === 413) return `The request is too large: ${message}.`;
   if (response.status >= 500) return `The server failed: ${message}.`;
   return `The server refused the request: ${message}.`;
+}
+
+// A server started with --api-key wants it on every API call; the page keeps it for this tab only.
+function authorization() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
 const server = {
@@ -34,7 +41,7 @@ const server = {
     try {
       response = await fetch(path, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: { "Content-Type": "application/json", ...authorization() },
         body: JSON.stringify({ ...body, stream: true }),
         signal,
       });
@@ -339,6 +346,9 @@ async function start() {
     $("examples").append(button);
   }
   $("fig-draft-box").hidden = !config.draft;
+  $("api-key-field").hidden = !config.needs_key;
+  $("api-key").value = sessionStorage.getItem("stentor-api-key") || "";
+  $("api-key").addEventListener("input", () => sessionStorage.setItem("stentor-api-key", $("api-key").value));
   if (!config.chat) {
     $("mode-chat").disabled = true;
     $("mode-chat").title = "this model's tokenizer has no chat template";
