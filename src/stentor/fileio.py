@@ -1,12 +1,15 @@
-"""Atomic writes: a file or directory either appears whole or not at all.
+"""Files stentor reads and writes: damaged inputs are one clear error, outputs appear whole or not at all.
 
-Checkpoints, exports and vocabulary files go through here so that a crash or a kill
-mid-write never leaves a truncated artifact where a good one is expected.
+Checkpoints, exports and vocabulary files are written through here so that a crash, a kill or a
+full disk mid-write never leaves a truncated artifact where a good one is expected. The JSON and
+text files of model and tokenizer directories are read through here so that a damaged one is a
+`StentorError` naming it, never a traceback or a silent default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -14,6 +17,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stentor.errors import StentorError
+
+
+def read_text(path: str | os.PathLike, fix: str = "save or download it again") -> str:
+    """A UTF-8 text file, or a StentorError naming it (missing, unreadable or not UTF-8) and `fix`."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StentorError(f"{path} is missing; {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise StentorError(f"{path} is damaged: not UTF-8 text (byte {exc.start}); {fix}") from None
+    except OSError as exc:
+        raise StentorError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
+
+
+def read_json(path: str | os.PathLike, fix: str = "save or download it again", kind: type = dict):
+    """A JSON file holding a `kind` (an object unless told), or a StentorError naming it and `fix`."""
+    text = read_text(path, fix)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise StentorError(f"{path} is damaged: not valid JSON ({str(exc)[:80]}); {fix}") from None
+    if not isinstance(data, kind):
+        raise StentorError(f"{path} is damaged: it holds a JSON {type(data).__name__}, not a {kind.__name__}; {fix}")
+    return data
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

@@ -56,7 +56,7 @@ def story_model(tmp_path_factory):
         lines += [f'  - token: "{w}"', f'  - token: " {w}"']
     tokenizer = StentorTokenizer.from_vocab(build_vocab_from_yaml("\n".join(lines) + "\n"))
     cfg = get_preset("stentor2-tiny").replace(
-        vocab_size=padded_vocab_size(len(tokenizer)), max_position_embeddings=4096,
+        vocab_size=padded_vocab_size(len(tokenizer)), max_position_embeddings=16384,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
     rng = random.Random(0)
@@ -78,7 +78,7 @@ def story_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(story_model):
     _need_browser()
-    with stentor_serve(story_model, "--model-name", "story", "--max-tokens", "4000", "--max-prompt-tokens", "200") as s:
+    with stentor_serve(story_model, "--model-name", "story", "--max-tokens", "16000", "--max-prompt-tokens", "200") as s:
         yield s
 
 
@@ -135,7 +135,7 @@ def vocab_size(model_dir) -> int:
 def test_the_page_shows_the_model_and_streams_an_example(page, story_model, tmp_path_factory):
     info = page.text_content("#model-info")
     assert info.startswith("story") and f"vocabulary {vocab_size(story_model)}" in info
-    assert "context 4,096 tokens" in info and "M parameters" in info
+    assert "context 16,384 tokens" in info and "M parameters" in info
     assert [b.text_content() for b in page.query_selector_all("#examples button")] == [
         "Story Generation", "Toy Explanation (Often Wrong)", "Code Continuation", "Science Continuation"]  # fmt: skip
     assert page.input_value("#temperature") == "0.8" and page.input_value("#top_p") == "0.7"
@@ -208,14 +208,14 @@ def test_stop_ends_the_stream_and_the_server_stops_decoding(page, server):
     decoded = lambda: httpx.get(f"{url}/health").json()["tokens"]  # noqa: E731
     start = decoded()
     page.fill("#prompt", "once upon a time")
-    page.fill("#max_tokens", "4000")
+    page.fill("#max_tokens", "16000")
     page.keyboard.press("Control+Enter")
     page.wait_for_function("parseInt(document.getElementById('fig-tokens').textContent) > 20", timeout=30_000)
     page.click("#stop")
     wait_idle(page, 0)
     status = page.text_content("#status")
     assert status.startswith("stopped after ")
-    assert 20 <= int(status.split()[2]) < 4000
+    assert 20 <= int(status.split()[2]) < 16000
     last, deadline = decoded(), time.monotonic() + 20
     while time.monotonic() < deadline:  # the server notices the closed stream within a step or two
         time.sleep(0.5)
@@ -223,7 +223,7 @@ def test_stop_ends_the_stream_and_the_server_stops_decoding(page, server):
         if now == last:
             break
         last = now
-    assert decoded() == last and last - start < 4000  # the row ended early, nothing decodes for it now
+    assert decoded() == last and last - start < 16000  # the row ended early, nothing decodes for it now
 
 
 def test_chat_keeps_the_turns(page):
@@ -300,7 +300,7 @@ def test_a_dropped_connection_is_reported(page, server):
     """Last in the module: it kills the server."""
     proc, _ = server
     page.fill("#prompt", "once upon a time")
-    page.fill("#max_tokens", "4000")
+    page.fill("#max_tokens", "16000")
     page.click("#generate")
     page.wait_for_function("parseInt(document.getElementById('fig-tokens').textContent) > 20", timeout=30_000)
     proc.kill()

@@ -374,11 +374,13 @@ def _load_torch(spec: str, path: Path, tokenizer, *, dtype: str | None = None, *
 def _lean_load(path: Path, tokenizer_dir: Path, threads: int | None) -> Stentor | str:
     """The model on the compiled runtime with a `TextCodec`; else "tokenizer" (not a Stentor tokenizer
     directory) or "refused" (the runtime cannot run this model here; the notice is given)."""
-    from stentor.tokenizer.codec import TextCodec
+    from stentor.tokenizer.codec import DamagedFile, TextCodec
     from stentor.tokenizer.tokenmonster import VocabError
 
     try:
         codec = TextCodec.from_dir(tokenizer_dir)
+    except DamagedFile as exc:  # ours, but damaged: say so rather than try another loader
+        raise StentorError(f"{exc}; save the tokenizer or download the model again") from None
     except (OSError, ValueError, KeyError, TypeError, VocabError):
         return "tokenizer"  # not a Stentor tokenizer directory: the HF loader reads it (and reports what is wrong)
     runtime = _native_or_none(lambda w: w.from_dir(path), threads)

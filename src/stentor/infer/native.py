@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from stentor.errors import StentorError
+from stentor.fileio import read_json
 from stentor.infer.decoding import LogitAdjust, SamplingParams, Step, chosen_logprobs, fit_prompt, plan_rows
 from stentor.model.quant_format import QUANT_METHOD
 
@@ -168,8 +168,24 @@ class Stages:
 # -- weights --------------------------------------------------------------------------------------
 
 
+MAX_SIZE = 1 << 20  # no dimension, layer count or context of a model this runtime serves comes near it
+
+
 def check_config(config: dict) -> None:
-    """`Unsupported` unless the runtime computes exactly what HF computes for this config."""
+    """`Unsupported` unless the runtime computes exactly what HF computes for this config; a
+    StentorError for a config whose sizes are missing or absurd (a damaged config.json)."""
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "vocab_size",
+                "num_key_value_heads", "head_dim", "max_position_embeddings"):  # fmt: skip
+        value = config.get(key)
+        required = key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "vocab_size")
+        if (value is not None or required) and not (
+            isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SIZE
+        ):
+            raise StentorError(f"config.json: {key!r} must be a positive integer up to {MAX_SIZE}, got {value!r}; "
+                               "the file is damaged or not a Llama config")  # fmt: skip
+    eps = config.get("rms_norm_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise StentorError(f"config.json: 'rms_norm_eps' must be a small positive number, got {eps!r}")
     kind = config.get("model_type")
     if kind not in ("llama", "mistral"):
         raise Unsupported(f"the compiled runtime runs Llama-shaped models, not {kind!r}")
@@ -278,16 +294,17 @@ class Weights:
         from stentor.model.tensors import map_model_tensors
 
         model_dir = Path(model_dir)
-        try:
-            config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise StentorError(f"cannot read {model_dir / 'config.json'}: {exc}") from None
+        config = read_json(model_dir / "config.json")
+        check_config(config)
         tensors, kinds = map_model_tensors(model_dir)
+        generation = model_dir / "generation_config.json"  # optional; when present its EOS ids count
+        generation = read_json(generation) if generation.exists() else {}
         try:
-            generation = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            generation = {}
-        return cls(config, tensors, kinds, generation if isinstance(generation, dict) else {})
+            return cls(config, tensors, kinds, generation)
+        except Unsupported:
+            raise
+        except StentorError as exc:  # the weights and config.json disagree: name the files
+            raise StentorError(f"{model_dir / 'model.safetensors'} does not match config.json: {exc}") from None
 
     @classmethod
     def from_model(cls, model) -> Weights:

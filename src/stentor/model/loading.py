@@ -44,8 +44,10 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: str | None =
     """
     from transformers import AutoModelForCausalLM
 
+    from stentor.fileio import read_json
     from stentor.model.quant_format import is_quantized_dir
     from stentor.model.quantized import load_quantized
+    from stentor.model.tensors import map_model_tensors
 
     spec = os.fspath(spec)
     from stentor.hub import local_path
@@ -57,15 +59,24 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: str | None =
         raise StentorError(f"{path} is a file; pass the model directory (config.json + model.safetensors)")
     if not (path / "config.json").is_file():
         raise StentorError(f"{path} is not a model directory (no config.json); pass a directory saved by stentor")
+    # Every file transformers will read, checked first: a damaged one is named in one line here
+    # rather than failing deep inside transformers or safetensors (or being skipped silently).
+    read_json(path / "config.json")
+    if (path / "generation_config.json").exists():
+        read_json(path / "generation_config.json")
+    if not any(path.glob("*.safetensors")):
+        raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
+    map_model_tensors(path)
     if is_quantized_dir(path):
         if dtype not in (None, "float32", "auto"):
             raise StentorError(f"{path} is a `stentor quantize` directory; its layers have their own dtypes (drop --dtype)")
         return load_quantized(path).to(device).eval()
-    if not any(path.glob("*.safetensors")):
-        raise StentorError(f"{path} has no .safetensors weights; stentor loads safetensors only (convert the model)")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype, path), use_safetensors=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StentorError(f"cannot load the model in {path}: {first}") from None
+    except RuntimeError:  # transformers' size-mismatch report: the two files were written for different models
+        raise StentorError(f"{path}: model.safetensors does not match config.json (tensor shapes differ); the "
+                           "directory is damaged or incomplete") from None
     return model.to(device).eval()

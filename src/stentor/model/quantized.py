@@ -22,7 +22,6 @@ stay float32. The directory is `config.json` (with a `quantization_config`),
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from stentor.errors import StentorError
+from stentor.fileio import read_json
 from stentor.model.quant_format import GROUP_SIZES, QuantConfig, is_quantized_dir
 
 
@@ -204,14 +204,17 @@ def load_quantized(path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     if not is_quantized_dir(path):
         raise StentorError(f"{path} is not a `stentor quantize` output (no stentor quantization_config in config.json)")
-    data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    data = read_json(path / "config.json", fix="quantize the model again")
     cfg = QuantConfig.from_dict(data.pop("quantization_config"))
-    config = AutoConfig.for_model(**data)
+    try:
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**data)).eval()
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:  # a config no model class can be built from
+        raise StentorError(f"{path / 'config.json'} does not describe a model ({str(exc)[:80]}); the file is damaged; "
+                           "quantize the model again") from None  # fmt: skip
     try:
         tensors = load_file(str(path / "model.safetensors"))
     except (OSError, SafetensorError) as exc:
         raise StentorError(f"cannot read {path / 'model.safetensors'}: {exc}; quantize the model again") from None
-    model = AutoModelForCausalLM.from_config(config).eval()
     for name, linear in check_model(model, cfg).items():
         if cfg.method == "int4":
             set_module(model, name, Int4Linear(linear.in_features, linear.out_features, cfg.group_size))

@@ -9,6 +9,7 @@ library), which imports its decoding pieces from here, so both give the same ids
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
 import re
@@ -105,6 +106,55 @@ def text_to_bytes(text: str) -> bytes:
             return text.encode("utf-8", errors="surrogatepass")
 
 
+class DamagedFile(ValueError):
+    """A file of a Stentor tokenizer directory that cannot be read; the message names it."""
+
+
+CHECKSUMS_FILE = "tokenizer_checksums.json"
+# What decides how text tokenizes: a changed byte in any of them must be an error, not a new tokenization.
+CHECKED_FILES = ("tokenizer.vocab", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                 "chat_template.jinja")  # fmt: skip
+
+
+def write_checksums(path: str | os.PathLike) -> Path:
+    """Record the SHA-256 of the tokenizer files in `path` (what `verify_checksums` checks on load)."""
+    path = Path(path)
+    sums = {name: hashlib.sha256((path / name).read_bytes()).hexdigest()
+            for name in CHECKED_FILES if (path / name).is_file()}  # fmt: skip
+    out = path / CHECKSUMS_FILE
+    out.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def verify_checksums(path: str | os.PathLike) -> None:
+    """DamagedFile unless every tokenizer file listed in `path`'s checksums still has its recorded
+    SHA-256. Directories from elsewhere (the hub's) carry no checksums and pass."""
+    path = Path(path)
+    manifest = path / CHECKSUMS_FILE
+    if not manifest.is_file():
+        return
+    try:
+        sums = json.loads(_read(manifest))
+    except ValueError:
+        sums = None
+    if not isinstance(sums, dict) or not all(name in CHECKED_FILES and isinstance(d, str) for name, d in sums.items()):
+        raise DamagedFile(f"{manifest} is damaged")
+    for name, digest in sorted(sums.items()):
+        file = path / name
+        if not file.is_file() or hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            raise DamagedFile(f"{file} does not match its checksum in {CHECKSUMS_FILE}: the file is damaged "
+                              f"(if you changed it on purpose, delete {CHECKSUMS_FILE})")  # fmt: skip
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DamagedFile(f"{path} is damaged: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DamagedFile(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 class TextCodec:
     """Encode and decode like the directory's StentorTokenizer: specials in text become their ids."""
 
@@ -124,16 +174,25 @@ class TextCodec:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike, vocab: Vocab | None = None) -> TextCodec:
-        """The codec of a directory written by StentorTokenizer.save_pretrained (ValueError otherwise)."""
+        """The codec of a directory written by StentorTokenizer.save_pretrained; ValueError for another
+        kind of directory, StentorError for a damaged one of ours."""
         path = Path(path)
-        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        if not (path / "tokenizer_config.json").is_file():
+            raise ValueError(f"{path} has no tokenizer_config.json")
+        verify_checksums(path)
+        try:
+            config = json.loads(_read(path / "tokenizer_config.json"))
+        except ValueError as exc:
+            raise DamagedFile(f"{path / 'tokenizer_config.json'} is damaged: {str(exc)[:80]}") from None
+        if not isinstance(config, dict):
+            raise DamagedFile(f"{path / 'tokenizer_config.json'} is damaged: it holds no JSON object")
         if config.get("tokenizer_class") != "StentorTokenizer":
             raise ValueError(f"{path} does not hold a StentorTokenizer")
         added = {int(i): Special(t["content"], bool(t.get("special", True)))
                  for i, t in (config.get("added_tokens_decoder") or {}).items()}
         template = config.get("chat_template")
         if template is None and (path / "chat_template.jinja").is_file():
-            template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+            template = _read(path / "chat_template.jinja")
 
         def name(key: str) -> str | None:
             value = config.get(key)

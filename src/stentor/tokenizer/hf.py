@@ -7,11 +7,11 @@ tokenizer path with clear errors, the numba fast path, and atomic saving.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from stentor.errors import StentorError
+from stentor.fileio import read_json, read_text
 from stentor.tokenizer.tokenization_stentor import CHAT_TEMPLATE, VOCAB_FILE, StentorTokenizer
 
 __all__ = ["CHAT_TEMPLATE", "StentorTokenizer", "load_tokenizer", "save_tokenizer", "tokenizer_from_vocab"]
@@ -28,10 +28,7 @@ def _is_stentor_dir(path: Path) -> bool:
     config = path / "tokenizer_config.json"
     if not (path / VOCAB_FILE).is_file() or not config.is_file():
         return False
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") == StentorTokenizer.__name__
-    except (OSError, ValueError):
-        return False
+    return read_json(config).get("tokenizer_class") == StentorTokenizer.__name__  # damaged: one clear error
 
 
 def load_tokenizer(spec: str | os.PathLike, **kwargs):
@@ -52,6 +49,14 @@ def load_tokenizer(spec: str | os.PathLike, **kwargs):
     if path.is_dir() and _is_stentor_dir(path):
         from stentor.tokenizer.tokenmonster import VocabError
 
+        from stentor.tokenizer.codec import DamagedFile, verify_checksums
+
+        try:
+            verify_checksums(path)
+        except DamagedFile as exc:
+            raise StentorError(f"{exc}; save the tokenizer or download the model again") from None
+        if (path / "chat_template.jinja").exists():
+            read_text(path / "chat_template.jinja")  # damaged: named here, not deep inside transformers
         try:
             tokenizer = StentorTokenizer.from_pretrained(str(path), **kwargs)
         except VocabError as exc:

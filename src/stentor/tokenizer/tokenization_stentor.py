@@ -25,7 +25,7 @@ from pathlib import Path
 
 from transformers import AddedToken, PreTrainedTokenizer
 
-from .codec import StreamingDecoder, special_splitter, split_segments, split_text, text_to_bytes
+from .codec import StreamingDecoder, special_splitter, split_segments, split_text, text_to_bytes, write_checksums
 from .tokenmonster import Vocab
 
 CHAT_TEMPLATE = (
@@ -318,7 +318,7 @@ class StentorTokenizer(PreTrainedTokenizer):
         )
         special_map = Path(save_directory) / "special_tokens_map.json"
         special_map.write_text(json.dumps(self.special_tokens_map, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return (*files, str(special_map))
+        return (*files, str(special_map), str(write_checksums(save_directory)))
 
 
 StentorTokenizer.register_for_auto_class("AutoTokenizer")

@@ -19,6 +19,7 @@ import yaml
 
 from stentor.data import DataConfig
 from stentor.errors import StentorError
+from stentor.fileio import read_text
 
 CONFIG_FILE = "config.yaml"  # the resolved recipe inside a run directory
 SCHEDULERS = ("cosine", "wsd")
@@ -255,13 +256,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise StentorError(f"config file {path} does not exist; see configs/ for examples")
+        text = read_text(path, fix="fix the recipe or start again from one in configs/")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise StentorError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise StentorError(f"config file {path} holds a YAML {type(raw).__name__}, not the sections of a recipe")
     for assignment in overrides:
         _apply_override(raw, assignment)
-    return _build(TrainConfig, raw, "")
+    if path is None:
+        return _build(TrainConfig, raw, "")
+    try:
+        return _build(TrainConfig, raw, "")
+    except StentorError as exc:  # name the recipe the bad value came from
+        raise StentorError(f"{path}{' with the --set values' if overrides else ''}: {exc}") from None
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:

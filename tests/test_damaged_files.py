@@ -1,0 +1,172 @@
+"""Damaged files through the commands that read them: one `stentor: error:` line naming the file, or (where
+the damage cannot be seen, a flipped weight) a normal run; never a traceback, and never a silently
+different tokenization. Each file is truncated, zeroed and bit-flipped at random (seeded) places."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stentor.cli import main
+
+pytestmark = pytest.mark.slow
+PROBE = "Once upon a time, 東京 école"
+
+
+def damaged(data: bytes, rng: random.Random, flips: int):
+    """(label, bytes): truncations, a zeroed start, and `flips` copies with 1, 4 or 32 flipped bits."""
+    n = len(data)
+    for cut in sorted({0, 1, n // 10, n // 2, n - 1}):
+        yield f"cut at {cut}", data[:cut]
+    yield "first 64 bytes zeroed", b"\0" * min(64, n) + data[64:]
+    for k in range(flips):
+        out = bytearray(data)
+        for _ in range(rng.choice((1, 4, 32))):
+            out[rng.randrange(n)] ^= 1 << rng.randrange(8)
+        yield f"flips #{k}", bytes(out)
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def fuzz(source: Path, files: list[str], command, flips: int, tmp_path: Path, check=None, seed: int = 0) -> dict:
+    """Every damaged variant of every file, each in a fresh copy of `source`, through `command(dir)`;
+    `check(dir, name)` then looks at each run that succeeded.
+
+    Returns counts by outcome; fails on a traceback or on an error line that does not name the file."""
+    rng = random.Random(seed)
+    outcomes: dict[str, int] = {"ran": 0, "error line": 0}
+    for name in files:
+        original = (source / name).read_bytes()
+        for label, data in damaged(original, rng, flips):
+            case = tmp_path / "case"
+            shutil.rmtree(case, ignore_errors=True)
+            shutil.copytree(source, case)
+            (case / name).write_bytes(data)
+            try:
+                rc, out, err = run(command(case))
+            except Exception as exc:  # what a user would see as a traceback
+                raise AssertionError(f"{name}, {label}: {type(exc).__name__}: {exc}") from exc
+            errors = [line for line in err.splitlines() if line.startswith("stentor: error:")]
+            if rc == 0:
+                outcomes["ran"] += 1
+                if check is not None:
+                    check(case, name, label)
+            else:
+                assert len(errors) == 1 and name in errors[0], f"{name}, {label}: {err[-500:]}"
+                outcomes["error line"] += 1
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny model with a StentorTokenizer (byte fallback, capcode off) and the card's chat template."""
+    from stentor.model import get_preset
+    from stentor.model.build import build_model, save_model_dir
+    from stentor.model.presets import padded_vocab_size
+    from stentor.tokenizer.hf import StentorTokenizer
+    from stentor.tokenizer.tokenmonster import build_vocab_from_yaml
+
+    words = "once upon a time the cat sat on mat and dog ran home école".split()
+    lines = ["charset: utf-8", "capcode: 0", "normalization: none", "include-256-bytes: true", "tokens:"]
+    lines += [f'  - token: "{t}"' for w in words for t in (w, f" {w}")]
+    tokenizer = StentorTokenizer.from_vocab(build_vocab_from_yaml("\n".join(lines) + "\n"))
+    cfg = get_preset("stentor2-tiny").replace(
+        vocab_size=padded_vocab_size(len(tokenizer)), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    out = save_model_dir(build_model(cfg, seed=0), cfg, tmp_path_factory.mktemp("damaged") / "model", tokenizer=tokenizer)
+    return Path(out)
+
+
+def _generate(*extra: str):
+    def command(case: Path) -> list[str]:
+        return ["generate", *extra, "--model", str(case), "--max-new-tokens", "4", "--seed", "0", "--no-echo", PROBE]
+
+    return command
+
+
+MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.vocab", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja"]  # fmt: skip
+
+
+TOKENIZER_FILES = {"tokenizer.vocab", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
+
+
+def same_tokens(model_dir: Path):
+    """A check: where a tokenizer file's damage let the run go on, the text still tokenizes as before."""
+    import stentor
+
+    want = stentor.load(model_dir).encode(PROBE)
+
+    def check(case: Path, name: str, label: str) -> None:
+        if name in TOKENIZER_FILES:
+            assert stentor.load(case).encode(PROBE) == want, f"{name}, {label}: a different tokenization"
+
+    return check
+
+
+@pytest.mark.parametrize("engine", [[], ["--engine", "torch"]], ids=["compiled runtime", "torch engine"])
+def test_damaged_model_directories(model_dir, tmp_path, engine):
+    files = [f for f in MODEL_FILES if (model_dir / f).exists()]
+    outcomes = fuzz(model_dir, files, _generate(*engine), flips=24, tmp_path=tmp_path, check=same_tokens(model_dir))
+    assert outcomes["error line"] > 0 and sum(outcomes.values()) == len(files) * 30, outcomes
+
+
+def test_damaged_quantized_directories(model_dir, tmp_path_factory, tmp_path):
+    quantized = tmp_path_factory.mktemp("quantized") / "int8"
+    assert run(["quantize", "--model", str(model_dir), "--method", "int8", "-o", str(quantized)])[0] == 0
+    files = ["config.json", "model.safetensors", "tokenizer.vocab", "tokenizer_config.json"]
+    outcomes = fuzz(quantized, files, _generate(), flips=24, tmp_path=tmp_path, check=same_tokens(quantized))
+    assert outcomes["error line"] > 0 and sum(outcomes.values()) == len(files) * 30, outcomes
+
+
+def test_damaged_vocabulary_files(model_dir, tmp_path_factory, tmp_path):
+    """A .vocab on its own carries no checksum: damage must be refused or leave every token as it was."""
+    from stentor.tokenizer.tokenmonster import Vocab
+
+    source = tmp_path_factory.mktemp("vocab")
+    shutil.copy(model_dir / "tokenizer.vocab", source / "my.vocab")
+    want = Vocab.load(source / "my.vocab").encode(PROBE.encode())
+
+    def check(case: Path, name: str, label: str) -> None:
+        assert Vocab.load(case / name).encode(PROBE.encode()) == want, f"{label}: a different tokenization"
+
+    outcomes = fuzz(source, ["my.vocab"], lambda case: ["vocab", "info", str(case / "my.vocab")], flips=120,
+                    tmp_path=tmp_path, check=check)  # fmt: skip
+    assert outcomes["error line"] > 0, outcomes
+
+
+def test_damaged_blimp_files(model_dir, tmp_path_factory, tmp_path):
+    import json
+
+    source = tmp_path_factory.mktemp("blimp")
+    rows = [{"sentence_good": f"The cat sat on mat {i}.", "sentence_bad": f"The cat sat mat on {i}.",
+             "field": "syntax", "linguistics_term": "island_effects", "UID": "adjunct_island"} for i in range(8)]  # fmt: skip
+    (source / "adjunct_island.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def command(case: Path) -> list[str]:
+        return ["eval", "blimp", "--model", str(model_dir), "--data", str(case), "--tasks", "adjunct_island",
+                "--no-progress", "--precision", "fp32"]  # fmt: skip
+
+    outcomes = fuzz(source, ["adjunct_island.jsonl"], command, flips=60, tmp_path=tmp_path)
+    assert outcomes["error line"] > 0, outcomes
+
+
+def test_damaged_recipes(tmp_path_factory, tmp_path):
+    from stentor.train.config import load_config  # noqa: F401  the recipe reader the command uses
+
+    source = tmp_path_factory.mktemp("recipe")
+    shutil.copy(Path(__file__).parents[1] / "configs" / "stentor2-12m.yaml", source / "recipe.yaml")
+    outcomes = fuzz(source, ["recipe.yaml"], lambda case: ["train", "--config", str(case / "recipe.yaml"), "--dry-run"],
+                    flips=120, tmp_path=tmp_path)  # fmt: skip
+    assert outcomes["error line"] > 0, outcomes
