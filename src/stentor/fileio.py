@@ -18,6 +18,10 @@ from pathlib import Path
 
 from stentor.errors import StentorError
 
+# The checksum helpers live in the tokenizer's codec, which must stay self-contained (it ships inside
+# model directories as remote code); checkpoints and prepared data use the same ones from here.
+from stentor.tokenizer.codec import DamagedFile, file_sha256, verify_checksums, write_checksums  # noqa: F401
+
 
 def read_text(path: str | os.PathLike, fix: str = "save or download it again") -> str:
     """A UTF-8 text file, or a StentorError naming it (missing, unreadable or not UTF-8) and `fix`."""

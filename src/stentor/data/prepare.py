@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from stentor.data.clean import clean_text
 from stentor.data.sources import SourceSpec, check_source, mixed_documents, resolve_files
 from stentor.errors import StentorError
-from stentor.fileio import atomic_file, atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from stentor.fileio import atomic_file, atomic_write_bytes, atomic_write_text, ensure_writable_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,18 @@ class PreparedData:
             raise StentorError(f"no prepared data in {out_dir} (meta.json missing or unreadable); run `stentor data prepare` first")
         if meta.get("format_version") != FORMAT_VERSION:
             raise StentorError(f"{out_dir} holds data format {meta.get('format_version')}, this stentor reads {FORMAT_VERSION}; prepare it again")
+        counts = [meta.get(f"{split}_tokens") for split in ("train", "val")]
+        if meta.get("dtype") not in ("uint16", "uint32") or not all(isinstance(c, int) and c >= 0 for c in counts):
+            raise StentorError(f"{out_dir / 'meta.json'} is damaged (its dtype or token counts); prepare the data again")
         dtype = np.dtype(meta["dtype"])
-        tokens = {split: _map_tokens(out_dir / f"{split}.bin", dtype, meta[f"{split}_tokens"]) for split in ("train", "val")}
+        tokens = {}
+        for split in ("train", "val"):
+            path = out_dir / f"{split}.bin"
+            tokens[split] = _map_tokens(path, dtype, meta[f"{split}_tokens"])
+            digest = meta.get(f"{split}_sha256")  # data prepared before checksums has none
+            if digest is not None and file_sha256(path) != digest:
+                raise StentorError(f"{path} does not match the checksum in meta.json: the tokens are damaged; "
+                                   "prepare the data again")  # fmt: skip
         return cls(out_dir, meta, tokens["train"], tokens["val"])
 
     def num_blocks(self, block_size: int, split: str = "train") -> int:
@@ -376,6 +386,9 @@ def prepare_data(cfg: DataConfig, tokenizer, out_dir: str | os.PathLike, num_wor
         "bos_id": bos,
         "eos_id": eos,
         "config": cfg.to_dict(),
+        # So a flipped byte in the tokens is found when a run loads them, not trained on in silence.
+        "train_sha256": file_sha256(out_dir / "train.bin"),
+        "val_sha256": file_sha256(out_dir / "val.bin"),
     }
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)

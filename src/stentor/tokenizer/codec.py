@@ -116,34 +116,43 @@ CHECKED_FILES = ("tokenizer.vocab", "tokenizer_config.json", "special_tokens_map
                  "chat_template.jinja")  # fmt: skip
 
 
-def write_checksums(path: str | os.PathLike) -> Path:
-    """Record the SHA-256 of the tokenizer files in `path` (what `verify_checksums` checks on load)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MiB pieces (checkpoints and token files are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(path: str | os.PathLike, files: Iterable[str] = CHECKED_FILES, manifest: str = CHECKSUMS_FILE) -> Path:
+    """Record the SHA-256 of `files` (those present) in `path/manifest`, for `verify_checksums`.
+    Tokenizer directories use the defaults; checkpoints list their own files."""
     path = Path(path)
-    sums = {name: hashlib.sha256((path / name).read_bytes()).hexdigest()
-            for name in CHECKED_FILES if (path / name).is_file()}  # fmt: skip
-    out = path / CHECKSUMS_FILE
+    sums = {name: file_sha256(path / name) for name in files if (path / name).is_file()}
+    out = path / manifest
     out.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
 
-def verify_checksums(path: str | os.PathLike) -> None:
-    """DamagedFile unless every tokenizer file listed in `path`'s checksums still has its recorded
-    SHA-256. Directories from elsewhere (the hub's) carry no checksums and pass."""
-    path = Path(path)
-    manifest = path / CHECKSUMS_FILE
-    if not manifest.is_file():
+def verify_checksums(path: str | os.PathLike, files: Iterable[str] = CHECKED_FILES, manifest: str = CHECKSUMS_FILE) -> None:
+    """DamagedFile unless every file listed in `path/manifest` (only ever some of `files`) still has
+    its recorded SHA-256. Directories written elsewhere (the hub's) carry no manifest and pass."""
+    path, files = Path(path), set(files)
+    listing = path / manifest
+    if not listing.is_file():
         return
     try:
-        sums = json.loads(_read(manifest))
+        sums = json.loads(_read(listing))
     except ValueError:
         sums = None
-    if not isinstance(sums, dict) or not all(name in CHECKED_FILES and isinstance(d, str) for name, d in sums.items()):
-        raise DamagedFile(f"{manifest} is damaged")
+    if not isinstance(sums, dict) or not all(name in files and isinstance(d, str) for name, d in sums.items()):
+        raise DamagedFile(f"{listing} is damaged")
     for name, digest in sorted(sums.items()):
         file = path / name
-        if not file.is_file() or hashlib.sha256(file.read_bytes()).hexdigest() != digest:
-            raise DamagedFile(f"{file} does not match its checksum in {CHECKSUMS_FILE}: the file is damaged "
-                              f"(if you changed it on purpose, delete {CHECKSUMS_FILE})")  # fmt: skip
+        if not file.is_file() or file_sha256(file) != digest:
+            raise DamagedFile(f"{file} does not match its checksum in {manifest}: the file is damaged "
+                              f"(if you changed it on purpose, delete {manifest})")  # fmt: skip
 
 
 def _read(path: Path) -> str:

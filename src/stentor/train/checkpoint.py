@@ -1,6 +1,6 @@
 """Resumable checkpoints, written so that a kill at any instant leaves a loadable latest one.
 
-Layout: <run>/checkpoints/step-N/{model.safetensors, optimizer.pt, extra.pt, trainer_state.json}
+Layout: <run>/checkpoints/step-N/{model.safetensors, optimizer.pt, extra.pt, trainer_state.json, checksums.json}
 and <run>/checkpoints/latest, a one-line pointer ("step-N"). A checkpoint directory is built
 under a temporary name, fsynced and renamed into place (`fileio.atomic_dir`); only then is
 `latest` replaced (atomic rename too). A kill mid-save therefore leaves `latest` naming the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -22,13 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from stentor.errors import StentorError
-from stentor.fileio import atomic_dir, atomic_write_text
+from stentor.fileio import DamagedFile, atomic_dir, atomic_write_text, read_json, read_text, verify_checksums, write_checksums
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+FILES = ("model.safetensors", "optimizer.pt", "extra.pt", "trainer_state.json")
+CHECKSUMS = "checksums.json"  # SHA-256 of FILES, verified before a resume reads any of them
 # Test hook: seconds to sleep inside a save, after the files are written and before the rename.
 SAVE_SLEEP_ENV = "STENTOR_TEST_SAVE_SLEEP"
 
@@ -98,6 +102,7 @@ def save_checkpoint(
         }
         torch.save(extra, tmp / "extra.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(dataclasses.asdict(state), indent=2) + "\n")
+        write_checksums(tmp, FILES, CHECKSUMS)
         if os.environ.get(SAVE_SLEEP_ENV):
             time.sleep(float(os.environ[SAVE_SLEEP_ENV]))
     atomic_write_text(final.parent / LATEST, final.name + "\n")
@@ -126,7 +131,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / CHECKPOINTS / LATEST
     if not pointer.exists():
         return None
-    path = pointer.parent / pointer.read_text().strip()
+    name = read_text(pointer, fix="write the name of a complete checkpoint (step-N) into it").strip()
+    if not name.startswith("step-") or not name[5:].isdigit():
+        raise StentorError(f"{pointer} is damaged: it should name a checkpoint (step-N), not {name[:40]!r}")
+    path = pointer.parent / name
     if not (path / "trainer_state.json").is_file():
         raise StentorError(f"{pointer} names {path.name}, which is missing or incomplete; the run directory was modified")
     return path
@@ -135,14 +143,27 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rank: int
 ) -> TrainerState:
-    """Restore model, optimizer, scheduler, scaler and this rank's RNG from `path`; return the trainer state."""
-    state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
-    load_model(model, str(path / "model.safetensors"))
-    device = next(model.parameters()).device
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-    extra = torch.load(path / "extra.pt", map_location="cpu", weights_only=True)
-    scheduler.load_state_dict(extra["scheduler"])
-    if scaler is not None and extra["scaler"] is not None:
-        scaler.load_state_dict(extra["scaler"])
-    set_rng_state(extra["rng"][rank])
+    """Restore model, optimizer, scheduler, scaler and this rank's RNG from `path`; return the trainer state.
+
+    Every file is checked against the checksums written with it first, so a damaged checkpoint is
+    refused before anything in the run changes (a flipped byte in a moment of the optimizer would
+    otherwise resume a different run without a word)."""
+    fix = f"resume from an earlier checkpoint: write its name (step-N) into {path.parent / LATEST}"
+    try:
+        verify_checksums(path, FILES, CHECKSUMS)
+    except DamagedFile as exc:
+        raise StentorError(f"{exc}; {fix}") from None
+    try:
+        state = TrainerState(**read_json(path / "trainer_state.json", fix=fix))
+        load_model(model, str(path / "model.safetensors"))
+        device = next(model.parameters()).device
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        extra = torch.load(path / "extra.pt", map_location="cpu", weights_only=True)
+        scheduler.load_state_dict(extra["scheduler"])
+        if scaler is not None and extra["scaler"] is not None:
+            scaler.load_state_dict(extra["scaler"])
+        set_rng_state(extra["rng"][rank])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, IndexError, EOFError, pickle.UnpicklingError,
+            SafetensorError) as exc:  # a checkpoint from before checksums, damaged: what its reader says  # fmt: skip
+        raise StentorError(f"cannot resume from {path}: {type(exc).__name__}: {str(exc)[:120]}; {fix}") from None
     return state

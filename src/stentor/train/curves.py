@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from stentor.fileio import atomic_file, atomic_write_text
+from stentor.errors import StentorError
+from stentor.fileio import atomic_file, atomic_write_text, read_text
 
 COLUMNS = ("step", "epoch", "train_loss", "eval_loss", "eval_ppl", "note")
 
@@ -35,16 +36,33 @@ class CurveRow:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Complete rows of a curves CSV (a line cut short by a kill is dropped)."""
+    """Complete rows of a curves CSV. The last line, if a kill cut it short, is dropped; any other
+    line that is not a row of ours means the file was damaged: a StentorError naming it."""
     if not path.exists():
         return []
-    rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("note") is None or not (row.get("step") or "").isdigit():
-                continue
-            rows.append(row)
+    rows = list(csv.DictReader(io.StringIO(read_text(path, fix=DAMAGED_FIX), newline="")))
+    if rows and rows[-1].get("note") is None:
+        rows.pop()  # cut short by a kill mid-append
+    for number, row in enumerate(rows, start=2):
+        if not _is_row(row):
+            raise StentorError(f"{path} line {number} is damaged; {DAMAGED_FIX}")
     return rows
+
+
+DAMAGED_FIX = "delete the damaged lines or the file (it is a log: the run itself is intact)"
+
+
+def _is_row(row: dict) -> bool:
+    if list(row) != list(COLUMNS) or None in row.values() or not row["step"].isdigit():
+        return False
+    try:
+        float(row["epoch"])
+        for name in ("train_loss", "eval_loss", "eval_ppl"):
+            if row[name]:
+                float(row[name])
+    except ValueError:
+        return False
+    return True
 
 
 class CurveLog:
