@@ -420,9 +420,9 @@ def _logit_bias(body: dict, vocab: int) -> tuple[tuple[int, float], ...]:
     pairs = []
     for key, value in bias.items():
         if not (isinstance(key, str) and key.isdigit() and int(key) < vocab):
-            raise BadRequest(f"'logit_bias' key {key!r} is not a token id in [0, {vocab})", "logit_bias")
+            raise BadRequest(f"'logit_bias' key {_shown(key)} is not a token id in [0, {vocab})", "logit_bias")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-            raise BadRequest(f"'logit_bias' of token {key} must be a number in [-100, 100], got {value!r}",
+            raise BadRequest(f"'logit_bias' of token {key} must be a number in [-100, 100], got {_shown(value)}",
                              "logit_bias")  # fmt: skip
         pairs.append((int(key), float(value)))
     return tuple(pairs)
@@ -476,7 +476,7 @@ def _params(body: dict, config: ServeConfig, chat: bool, vocab: int) -> tuple[Sa
 def _flag(body: dict, name: str) -> bool:
     value = body.get(name, False)
     if not isinstance(value, bool) and value is not None:
-        raise BadRequest(f"'{name}' must be true or false, got {value!r}", name)
+        raise BadRequest(f"'{name}' must be true or false, got {_shown(value)}", name)
     return bool(value)
 
 
@@ -485,7 +485,7 @@ def _message_text(m) -> str:
     if not isinstance(m, dict) or not isinstance(m.get("role"), str):
         raise BadRequest("each message needs a string 'role' and a 'content'", "messages")
     if m["role"] not in CHAT_ROLES:
-        raise BadRequest(f"role {m['role']!r} cannot be written in this model's chat template (it has "
+        raise BadRequest(f"role {_shown(m['role'])} cannot be written in this model's chat template (it has "
                          f"{', '.join(CHAT_ROLES)})", "messages")  # fmt: skip
     content = m.get("content")
     if isinstance(content, list) and all(isinstance(part, dict) for part in content):
@@ -813,8 +813,13 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
             extra = sorted(set(body) - {"content", "add_special", "with_pieces", "model"})
             if extra:
                 raise BadRequest(f"'{extra[0]}' is not a /tokenize field (content, add_special, with_pieces)", extra[0])
-            with scheduler.tokenizer_lock:
-                ids = list(lm.tokenizer(content, add_special_tokens=_flag(body, "add_special"))["input_ids"])
+            special = _flag(body, "add_special")
+
+            def encode() -> list[int]:  # off the event loop, as completions' prompts are
+                with scheduler.tokenizer_lock:
+                    return list(lm.tokenizer(content, add_special_tokens=special)["input_ids"])
+
+            ids = await asyncio.get_running_loop().run_in_executor(None, encode)
             if _flag(body, "with_pieces"):
                 names, _ = scheduler.pieces()
                 return JSONResponse({"tokens": [{"id": t, "piece": names[t]} for t in ids]})
