@@ -9,8 +9,10 @@ text files of model and tokenizer directories are read through here so that a da
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -76,6 +78,43 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# How the writers that hide errno (torch's zip writer, safetensors' Rust IO) word a full disk.
+_FULL_WORDS = ("No space left", "File too large", "Disk quota", "FileTooLarge", "StorageFull", "QuotaExceeded")
+
+
+def _out_of_space(exc: BaseException, partial: Path) -> bool:
+    """Whether a failed write ran out of room: disk full, quota, or the process's file-size limit.
+
+    Python's own IO says so in errno; torch's zip writer only says "unexpected pos", so past the
+    errno and the wording the state of the disk decides: a partial file at the size limit, or a
+    filesystem with (almost) no space left.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return True
+        if any(word in str(seen) for word in _FULL_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(exc, Exception) or isinstance(exc, StentorError):  # a kill, Ctrl-C or our own check
+        return False
+    files = [partial] if partial.is_file() else [f for f in partial.rglob("*") if f.is_file()]
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and any(f.stat().st_size >= limit for f in files):
+        return True
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(partial.parent).free < 1 << 20
+    return False
+
+
+def _no_room(path: Path) -> StentorError:
+    return StentorError(
+        f"cannot write {path}: no space left (the disk is full or a file-size limit was reached); "
+        "nothing was changed there; free some space or write somewhere else"
+    )
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` via a temporary file in the same directory and an atomic rename."""
     path = Path(path)
@@ -88,9 +127,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _out_of_space(exc, Path(tmp))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if full:
+            raise _no_room(path) from None
         raise
     _fsync_dir(parent)
     return path
@@ -117,9 +159,12 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _out_of_space(exc, tmp_path)
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if full:
+            raise _no_room(path) from None
         raise
     _fsync_dir(parent)
 
@@ -150,6 +195,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        full = _out_of_space(exc, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise _no_room(path) from None
         raise

@@ -335,12 +335,17 @@ def _load_progress(work: Path, fingerprint: str) -> dict[str, Any]:
 
 
 def _merge(out_dir: Path, work: Path, progress: dict[str, Any]) -> None:
+    """Join the shards into train.bin and val.bin inside `work`, then move both into `out_dir`: a merge that
+    fails half way (a full disk) leaves the previous preparation, meta.json included, as it was."""
     for split in ("train", "val"):
-        with atomic_file(out_dir / f"{split}.bin") as tmp, open(tmp, "wb") as out:
+        with atomic_file(work / f"{split}.bin") as tmp, open(tmp, "wb") as out:
             for shard in progress["shards"]:
                 if shard["split"] == split:
                     with open(work / shard["file"], "rb") as f:
                         shutil.copyfileobj(f, out, 1 << 22)
+    (out_dir / "meta.json").unlink(missing_ok=True)  # the .bin files change now; never leave a meta.json that lies
+    for split in ("train", "val"):
+        os.replace(work / f"{split}.bin", out_dir / f"{split}.bin")
 
 
 def prepare_data(cfg: DataConfig, tokenizer, out_dir: str | os.PathLike, num_workers: int | None = None) -> PreparedData:
@@ -364,7 +369,6 @@ def prepare_data(cfg: DataConfig, tokenizer, out_dir: str | os.PathLike, num_wor
         return PreparedData.load(out_dir)
     for spec in cfg.sources:  # fail on bad paths, fields or empty sources before any work
         check_source(spec)
-    meta_path.unlink(missing_ok=True)  # the .bin files are about to change; never leave a meta.json that lies
 
     work = out_dir / WORK_DIR
     progress = _load_progress(work, fingerprint)
