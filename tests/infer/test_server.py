@@ -208,6 +208,56 @@ def test_stop_strings_cut_the_text_across_tokens_in_plain_and_streamed_replies(c
         assert short.choices[0].finish_reason == "stop"
 
 
+def test_a_stop_string_whose_character_spans_several_tokens(client, tiny):
+    """€ is three byte tokens for the tiny byte-level BPE; biased to be all the model may say, the reply is a
+    run of those bytes. Stops on € (and on € plus what follows) cut the decoded text, never a byte early."""
+    euro = tiny.encode("€")
+    assert tiny.tokenizer.decode(euro) == "€" and len(set(euro)) == 3
+    base = dict(model="tiny", prompt="The history of", max_tokens=48, temperature=1.0, top_p=1.0,
+                logit_bias={str(t): 100 for t in euro})  # fmt: skip
+    for seed in range(20):
+        full = client.completions.create(**base, seed=seed).choices[0].text
+        if full.find("€", 1) > 0:  # some bytes first, so the stop falls inside the reply
+            break
+    else:
+        pytest.fail("no seed made a € after other bytes")
+    base["seed"] = seed
+    cut = full.index("€")
+    for stop in ("€", full[cut : cut + 2]):
+        stopped = client.completions.create(**base, stop=stop).choices[0]
+        assert stopped.text == full[:cut] and stopped.finish_reason == "stop"
+        chunks = list(client.completions.create(**base, stop=[stop], stream=True))
+        assert "".join(c.choices[0].text for c in chunks) == full[:cut]
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    unmatched = list(client.completions.create(**base, stop="€Z", stream=True))  # € is held back, then let go
+    assert "".join(c.choices[0].text for c in unmatched) == full and unmatched[-1].choices[0].finish_reason == "length"
+
+
+def test_echo_penalties_and_logit_bias_stream_as_they_answer(client, tiny):
+    def streamed(**body) -> tuple[str, list[int], list]:
+        chunks = [c for c in client.completions.create(**body, stream=True) if c.choices]
+        lps = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+        ids = [t for lp in lps for t in lp.model_extra["token_ids"]]
+        return "".join(c.choices[0].text for c in chunks), ids, [x for lp in lps for x in lp.token_logprobs]
+
+    echo = dict(model="tiny", prompt="The history of", max_tokens=5, echo=True, seed=1, logprobs=1)
+    plain = client.completions.create(**echo).choices[0]
+    text, ids, lps = streamed(**echo)
+    assert text == plain.text and text.startswith("The history of")
+    assert ids == plain.logprobs.model_extra["token_ids"] and lps[0] is None
+    assert lps[1:] == pytest.approx(plain.logprobs.token_logprobs[1:], abs=1e-5)
+    assert streamed(**{**echo, "logprobs": None})[0] == plain.text
+    penalized = dict(model="tiny", prompt="The history of", max_tokens=16, temperature=0.9, seed=7,
+                     presence_penalty=0.8, frequency_penalty=1.3)  # fmt: skip
+    assert streamed(**penalized)[0] == client.completions.create(**penalized).choices[0].text
+    forced = tiny.encode("and")[-1]
+    _, ids, _ = streamed(model="tiny", prompt="Once upon", max_tokens=8, seed=3, logit_bias={str(forced): 100}, logprobs=0)
+    assert ids == [forced] * 8
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                          logit_bias={str(forced): 100}, seed=1, stream=True, logprobs=True)  # fmt: skip
+    assert [t.id for c in chat if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content] == [forced] * 6
+
+
 def test_echo_with_max_tokens_0_gives_the_prompts_loglikelihood_as_stentor_eval(client, tiny_dir):
     from stentor.eval import load_model_and_tokenizer
     from stentor.eval.blimp import sentence_logprobs
