@@ -258,6 +258,34 @@ def test_echo_penalties_and_logit_bias_stream_as_they_answer(client, tiny):
     assert [t.id for c in chat if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content] == [forced] * 6
 
 
+def test_several_choices_stops_and_max_completion_tokens_stream_as_they_answer(client, tiny):
+    def joined(chunks, chat: bool) -> dict[int, str]:
+        texts: dict[int, str] = {}
+        for chunk in chunks:
+            for c in chunk.choices:
+                texts[c.index] = texts.get(c.index, "") + ((c.delta.content or "") if chat else c.text)
+        return texts
+
+    listed = dict(model="tiny", prompt=["Once upon", "The history of"], max_tokens=6, n=2, seed=3)
+    plain = client.completions.create(**listed)
+    assert joined(client.completions.create(**listed, stream=True), chat=False) == {c.index: c.text for c in plain.choices}
+    chat = dict(model="tiny", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=12, n=2, seed=4)
+    replies = client.chat.completions.create(**chat)
+    want = {c.index: c.message.content for c in replies.choices}
+    assert joined(client.chat.completions.create(**chat, stream=True), chat=True) == want
+    text = next(t for t in want.values() if len(t) > 3)
+    stop = text[2:4]
+    stopped = client.chat.completions.create(**chat, stop=[stop])
+    cut = {c.index: c.message.content for c in stopped.choices}
+    assert cut == {i: t[: t.index(stop)] if stop in t else t for i, t in want.items()}
+    assert joined(client.chat.completions.create(**chat, stop=[stop], stream=True), chat=True) == cut
+    forced = tiny.encode("and")[-1]
+    capped = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                            max_completion_tokens=5, logit_bias={str(forced): 100}, seed=1)  # fmt: skip
+    assert capped.usage.completion_tokens == 5 and capped.choices[0].finish_reason == "length"
+    assert capped.choices[0].message.content == tiny.tokenizer.decode([forced] * 5)
+
+
 def test_echo_with_max_tokens_0_gives_the_prompts_loglikelihood_as_stentor_eval(client, tiny_dir):
     from stentor.eval import load_model_and_tokenizer
     from stentor.eval.blimp import sentence_logprobs
