@@ -192,6 +192,16 @@ def test_logprobs_are_the_raw_log_softmax_whatever_the_sampler_does(any_engine):
         assert [v for _, v in lp.top] == pytest.approx(best.values.tolist(), abs=1e-4)
 
 
+def test_rows_go_on_after_the_only_row_asking_for_logprobs_has_finished(any_engine):
+    """Found by `bench_serve.py load`: the batch's remaining rows, none asking for logprobs, broke the step."""
+    _, engine = any_engine
+    rows = [SamplingParams(greedy=True, max_new_tokens=2, stop_at_eos=False, logprobs=1),
+            SamplingParams(greedy=True, max_new_tokens=5, stop_at_eos=False)]  # fmt: skip
+    steps = list(engine.generate([[5, 6, 7], [8, 9]], rows))
+    assert len(steps) == 5 and all(s.logprobs[0] is not None for s in steps[:2])
+    assert [s.tokens[1] for s in steps] == decode_rows(engine, [[8, 9]], rows[1])[0]
+
+
 def test_a_cancelled_row_ends_at_once_and_the_others_go_on(any_engine):
     _, engine = any_engine
     prompts = [list(range(40, 50)), list(range(60, 66))]

@@ -479,9 +479,11 @@ class NativeEngine:
                 adjust.observe(active[:n], chosen[:n])
             slots, picked = active[:n].tolist(), chosen[:n].tolist()
             logprobs = None
-            if raw is not None:
+            # None once every row that asked for logprobs has finished
+            found = chosen_logprobs(raw, picked, [rows[i] for i in slots]) if raw is not None else None
+            if found is not None:
                 logprobs = [None] * batch
-                for i, lp in zip(slots, chosen_logprobs(raw, picked, [rows[i] for i in slots])):
+                for i, lp in zip(slots, found):
                     logprobs[i] = lp
             if states is not None:
                 states[active[:n]] = guard.advance(states[active[:n]], chosen[:n])

@@ -133,6 +133,7 @@ class Stats:
     batched_rows: int = 0  # rows that shared their batch with at least one other row
     max_batch_seen: int = 0
     tokens: int = 0
+    decoding: int = 0  # rows in the batch being decoded now (0 between batches: nothing is stuck)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> dict:
@@ -231,10 +232,15 @@ class Scheduler:
             if batch is None:
                 return
             if batch:
+                with self.stats.lock:
+                    self.stats.decoding = len(batch)
                 try:
                     self._decode(batch)
                 except Exception:  # our bug: keep serving, and keep it to the rows it belongs to
                     self._isolate(batch)
+                finally:
+                    with self.stats.lock:
+                        self.stats.decoding = 0
 
     def _isolate(self, batch: list[Job]) -> None:
         """A batch failed: every row that had sent nothing yet is decoded again alone, so a row that
@@ -856,7 +862,8 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
         return JSONResponse({"object": "list", "data": [entry]})
 
     async def health(request: Request):
-        return JSONResponse({"status": "ok", "model": config.model_name, **scheduler.stats.snapshot()})
+        return JSONResponse({"status": "ok", "model": config.model_name, **scheduler.stats.snapshot(),
+                             "waiting": scheduler.waiting.qsize()})  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
