@@ -38,11 +38,21 @@ def run(argv: list[str]) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+def variants(source: Path, files: list[str], flips: int) -> int:
+    """How many damaged copies `fuzz` makes of these files."""
+    return sum(len(list(damaged((source / name).read_bytes(), random.Random(0), flips))) for name in files)
+
+
+def contents(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
 def fuzz(source: Path, files: list[str], command, flips: int, tmp_path: Path, check=None, seed: int = 0) -> dict:
     """Every damaged variant of every file, each in a fresh copy of `source`, through `command(dir)`;
     `check(dir, name)` then looks at each run that succeeded.
 
-    Returns counts by outcome; fails on a traceback or on an error line that does not name the file."""
+    Returns counts by outcome; fails on a traceback, on an error line that does not name the file, or on
+    a refused case that wrote anything into the damaged directory."""
     rng = random.Random(seed)
     outcomes: dict[str, int] = {"ran": 0, "error line": 0}
     for name in files:
@@ -52,6 +62,7 @@ def fuzz(source: Path, files: list[str], command, flips: int, tmp_path: Path, ch
             shutil.rmtree(case, ignore_errors=True)
             shutil.copytree(source, case)
             (case / name).write_bytes(data)
+            before = contents(case)
             try:
                 rc, out, err = run(command(case))
             except Exception as exc:  # what a user would see as a traceback
@@ -63,6 +74,7 @@ def fuzz(source: Path, files: list[str], command, flips: int, tmp_path: Path, ch
                     check(case, name, label)
             else:
                 assert len(errors) == 1 and name in errors[0], f"{name}, {label}: {err[-500:]}"
+                assert contents(case) == before, f"{name}, {label}: refused, yet it wrote into the directory"
                 outcomes["error line"] += 1
     return outcomes
 
@@ -170,3 +182,37 @@ def test_damaged_recipes(tmp_path_factory, tmp_path):
     outcomes = fuzz(source, ["recipe.yaml"], lambda case: ["train", "--config", str(case / "recipe.yaml"), "--dry-run"],
                     flips=120, tmp_path=tmp_path)  # fmt: skip
     assert outcomes["error line"] > 0, outcomes
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished tiny training run (checkpoints, curves, its config) and its prepared tokens."""
+    from train_helpers import make_corpus, make_tokenizer, tiny_recipe, write_recipe
+
+    root = tmp_path_factory.mktemp("damaged-run")
+    corpus = make_corpus(root / "corpus.jsonl", docs=60)
+    recipe = tiny_recipe(corpus, make_tokenizer(root / "tokenizer", corpus), schedule={"max_train_steps": 6},
+                         checkpoint={"save_steps": 3}, eval={"eval_steps": 3, "best_eval_steps": 3,
+                                                             "best_eval_start_step": 3})  # fmt: skip
+    recipe["prepared_dir"], recipe["prepare_workers"] = str(root / "prepared"), 0
+    rc, _, err = run(["train", "--config", str(write_recipe(root / "tiny.yaml", recipe)), "--out", str(root / "run")])
+    assert rc == 0, err[-2000:]
+    return root / "run"
+
+
+RUN_FILES = ["checkpoints/latest", "checkpoints/step-6/model.safetensors", "checkpoints/step-6/optimizer.pt",
+             "checkpoints/step-6/extra.pt", "checkpoints/step-6/trainer_state.json", "checkpoints/step-6/checksums.json",
+             "training_curves.csv", "config.yaml"]  # fmt: skip
+
+
+def test_damaged_run_directories_on_resume(finished_run, tmp_path, fresh_accelerate):
+    """`stentor train --resume` on a finished run whose files were damaged: it is refused naming the file, before
+    anything is written, or (damage a format cannot show, in the curves or the recipe) it resumes."""
+    outcomes = fuzz(finished_run, RUN_FILES, lambda case: ["train", "--resume", str(case)], flips=10, tmp_path=tmp_path)
+    assert outcomes["error line"] > 100 and sum(outcomes.values()) == variants(finished_run, RUN_FILES, 10), outcomes
+
+
+def test_damaged_prepared_tokens(finished_run, tmp_path):
+    prepared, files = finished_run.parent / "prepared", ["train.bin", "val.bin", "meta.json"]
+    outcomes = fuzz(prepared, files, lambda case: ["data", "info", str(case)], flips=10, tmp_path=tmp_path)
+    assert outcomes["error line"] > 0 and sum(outcomes.values()) == variants(prepared, files, 10), outcomes

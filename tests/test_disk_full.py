@@ -13,10 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "train"))
-from train_helpers import make_corpus, make_tokenizer, stentor_env, tiny_recipe, write_recipe  # noqa: E402
+from train_helpers import REPO, make_corpus, make_tokenizer, stentor_env, tiny_recipe, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

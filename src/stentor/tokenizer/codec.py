@@ -146,13 +146,15 @@ def verify_checksums(path: str | os.PathLike, files: Iterable[str] = CHECKED_FIL
         sums = json.loads(_read(listing))
     except ValueError:
         sums = None
-    if not isinstance(sums, dict) or not all(name in files and isinstance(d, str) for name, d in sums.items()):
+    hex_digest = lambda d: isinstance(d, str) and len(d) == 64 and all(c in "0123456789abcdef" for c in d)  # noqa: E731
+    if not isinstance(sums, dict) or not all(name in files and hex_digest(d) for name, d in sums.items()):
         raise DamagedFile(f"{listing} is damaged")
     for name, digest in sorted(sums.items()):
         file = path / name
         if not file.is_file() or file_sha256(file) != digest:
-            raise DamagedFile(f"{file} does not match its checksum in {manifest}: the file is damaged "
-                              f"(if you changed it on purpose, delete {manifest})")  # fmt: skip
+            # which of the two changed cannot be known: name both
+            raise DamagedFile(f"{file} does not match its checksum in {listing}: one of them is damaged "
+                              f"(if you changed {name} on purpose, delete {manifest})")  # fmt: skip
 
 
 def _read(path: Path) -> str:

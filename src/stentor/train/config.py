@@ -278,4 +278,19 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise StentorError(f"{run_dir} is not a stentor run directory ({CONFIG_FILE} missing); give the --out of a run")
-    return load_config(path)
+    cfg = load_config(path)
+    missing = _missing_keys(cfg.to_dict(), yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    if missing:  # a run's config lists every setting: a cut file must not resume on the card's defaults
+        raise StentorError(f"{path} is damaged: it lacks {', '.join(missing[:3])}; restore it, or start a new run")
+    return cfg
+
+
+def _missing_keys(full: dict, saved: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the keys of `full` that `saved` lacks, at every depth."""
+    missing = []
+    for key, value in full.items():
+        if key not in saved:
+            missing.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            missing += _missing_keys(value, saved[key], f"{prefix}{key}.")
+    return missing
