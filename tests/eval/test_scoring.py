@@ -134,7 +134,8 @@ def test_recheck_covers_the_pairs_near_a_tie(trained_model, bpe_tokenizer, monke
     assert report.calibration_pairs == 20 and 20 <= report.rechecked < len(trees)
     assert report.max_error_per_token > 0
     assert all((a > 0) == (b > 0) for a, b in zip(exact, fast))
-    same = sum(a == pytest.approx(b, abs=1e-9) for a, b in zip(exact, fast))
+    # fp32 in another batch can differ in the last bits; bf16 misses by ~1e-3 a token
+    same = sum(a == pytest.approx(b, abs=1e-5) for a, b in zip(exact, fast))
     assert same >= report.rechecked  # every re-checked pair carries the fp32 margin
 
 
