@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from stentor.errors import StentorError
 from stentor.fileio import atomic_dir
 from stentor.model.presets import MAX_NEW_TOKENS_DEFAULT, SAMPLING_DEFAULTS, ModelConfig
 
@@ -37,6 +38,38 @@ def to_llama_config(cfg: ModelConfig, attn_implementation: str = "sdpa") -> Llam
     config._attn_implementation = attn_implementation
     config.architectures = ["LlamaForCausalLM"]
     return config
+
+
+def config_from_dir(model_dir: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a saved Llama-shaped model directory (its config.json), e.g. to fine-tune it."""
+    from stentor.fileio import read_json
+    from stentor.hub import local_path
+
+    path = local_path(os.fspath(model_dir))
+    if not (path / "config.json").is_file():
+        raise StentorError(f"{model_dir} is not a model directory (no config.json); give a directory saved by stentor "
+                           "or a hub id like StentorLabs/Stentor2-12M")  # fmt: skip
+    raw = read_json(path / "config.json")
+    if raw.get("model_type") != "llama" or "quantization_config" in raw or "stentor_quantization" in raw:
+        raise StentorError(f"{path} holds a {raw.get('model_type', 'unknown')} model{' (quantized)' if 'model_type' in raw else ''}; "
+                           "fine-tuning starts from a float Llama-shaped directory (the one you quantized)")  # fmt: skip
+    rope = raw.get("rope_parameters") or {}
+    eos = raw.get("eos_token_id")
+    try:
+        return ModelConfig(
+            name=path.name, vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"], num_hidden_layers=raw["num_hidden_layers"],
+            num_attention_heads=raw["num_attention_heads"],
+            num_key_value_heads=raw.get("num_key_value_heads") or raw["num_attention_heads"],
+            max_position_embeddings=raw["max_position_embeddings"], bos_token_id=raw["bos_token_id"],
+            eos_token_id=eos, pad_token_id=eos if raw.get("pad_token_id") is None else raw["pad_token_id"],
+            rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10_000.0))),
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-5), hidden_act=raw.get("hidden_act", "silu"),
+            tie_word_embeddings=raw.get("tie_word_embeddings", True),
+            initializer_range=raw.get("initializer_range", 0.02),
+        )  # fmt: skip
+    except (KeyError, TypeError) as exc:
+        raise StentorError(f"{path / 'config.json'} lacks or mistypes {exc}; it is damaged or not a Llama config") from None
 
 
 def initialize_weights(model: nn.Module, std: float = 0.02) -> None:

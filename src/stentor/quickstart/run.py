@@ -140,7 +140,13 @@ def run_quickstart(cfg: QuickstartConfig) -> Path:
 
     with _timed(stages, "corpus") as t:
         train_docs, held_out, where = _corpus(cfg, out)
-        t.detail = f"{len(train_docs):,} training + {len(held_out):,} held-out documents from {where}"
+        from stentor.quickstart.corpus import reference_documents, stdlib_conversations
+
+        # What configs/finetune-*.yaml fine-tune the quickstart model on: a chat set and a new domain.
+        write_jsonl(out / "chat.jsonl", stdlib_conversations())
+        write_jsonl(out / "reference.jsonl", reference_documents())
+        t.detail = (f"{len(train_docs):,} training + {len(held_out):,} held-out documents from {where}; "
+                    "chat.jsonl and reference.jsonl for stentor finetune")  # fmt: skip
 
     with _timed(stages, "vocabulary") as t:
         vocab = train_vocab([str(out / "train.jsonl")], VocabConfig(vocab_size=cfg.vocab_size), out / "vocab.vocab")

@@ -24,6 +24,9 @@ from stentor.fileio import read_text
 CONFIG_FILE = "config.yaml"  # the resolved recipe inside a run directory
 SCHEDULERS = ("cosine", "wsd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TASKS = ("pretrain", "chat")
+# Keys a run's config.yaml written before they existed lacks; such runs used their defaults.
+ADDED_LATER = {"init_from", "task"}
 
 
 @dataclass
@@ -128,6 +131,13 @@ class TrainConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
     precision: PrecisionSection = field(default_factory=PrecisionSection)
     seed: int = 42
+    # Start from a trained model (a directory or hub id): its weights, architecture and tokenizer; the
+    # model and tokenizer keys above are then unused. The optimizer and schedule start fresh.
+    init_from: str | None = None
+    # pretrain: causal LM on packed text (`data` sources of documents). chat: supervised fine-tuning on
+    # conversations ({"messages": [...]} records; set the sources' text_field to messages), loss on the
+    # assistant turns only, one conversation per row.
+    task: str = "pretrain"
 
     def __post_init__(self) -> None:
         validate(self)
@@ -179,6 +189,7 @@ def validate(cfg: TrainConfig) -> None:
     _require(p.mixed_precision in MIXED_PRECISION,
              f"precision.mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {p.mixed_precision!r})")
     _require(p.critical_layers >= 0, f"precision.critical_layers must be >= 0 (got {p.critical_layers})")
+    _require(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)} (got {cfg.task!r})")
 
 
 # ---- loading: YAML -> dataclasses, strictly ----------------------------------------------------
@@ -279,7 +290,8 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     if not path.is_file():
         raise StentorError(f"{run_dir} is not a stentor run directory ({CONFIG_FILE} missing); give the --out of a run")
     cfg = load_config(path)
-    missing = _missing_keys(cfg.to_dict(), yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    missing = [k for k in _missing_keys(cfg.to_dict(), yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+               if k not in ADDED_LATER]  # fmt: skip
     if missing:  # a run's config lists every setting: a cut file must not resume on the card's defaults
         raise StentorError(f"{path} is damaged: it lacks {', '.join(missing[:3])}; restore it, or start a new run")
     return cfg

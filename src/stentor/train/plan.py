@@ -54,12 +54,18 @@ def tokenizer_special_ids(tokenizer, model_vocab: int, model_name: str) -> dict[
 
 
 def model_config(cfg: TrainConfig, tokenizer=None) -> ModelConfig:
-    """The preset with the config's overrides and, given a tokenizer, its special-token ids."""
-    preset = get_preset(cfg.model.preset)
-    changes = dict(cfg.model.overrides)
-    if tokenizer is not None:
-        changes |= tokenizer_special_ids(tokenizer, changes.get("vocab_size", preset.vocab_size), preset.name)
-    mcfg = preset.replace(**changes) if changes else preset
+    """The preset with the config's overrides and, given a tokenizer, its special-token ids; or, with
+    `init_from`, the architecture of that model."""
+    if cfg.init_from is not None:
+        from stentor.model.build import config_from_dir
+
+        mcfg = config_from_dir(cfg.init_from)
+    else:
+        preset = get_preset(cfg.model.preset)
+        changes = dict(cfg.model.overrides)
+        if tokenizer is not None:
+            changes |= tokenizer_special_ids(tokenizer, changes.get("vocab_size", preset.vocab_size), preset.name)
+        mcfg = preset.replace(**changes) if changes else preset
     if cfg.batch.block_size > mcfg.max_position_embeddings:
         raise StentorError(
             f"batch.block_size {cfg.batch.block_size} exceeds the model's max_position_embeddings "

@@ -99,20 +99,14 @@ class Trainer:
                 )
         from stentor.tokenizer.hf import load_tokenizer
 
-        self.tokenizer = load_tokenizer(cfg.tokenizer)
+        self.tokenizer = load_tokenizer(cfg.init_from or cfg.tokenizer)
         self.mcfg = model_config(cfg, self.tokenizer)
         self.plan: Plan = make_plan(cfg, self.world, self.mcfg)
         self.plan.check_budgets()
-
-        from stentor.data import PackedBlocks, prepare_data
-
-        prepared_dir = Path(cfg.prepared_dir) if cfg.prepared_dir else self.run_dir / "data"
-        with self.acc.main_process_first():  # rank 0 tokenizes; the others then find meta.json and reuse it
-            self.data = prepare_data(cfg.data, self.tokenizer, prepared_dir, num_workers=cfg.prepare_workers)
-        if len(self.data.val_tokens) == 0:
-            raise StentorError("no validation tokens: set data.val_docs > 0 so the run can be evaluated")
-        self.train_blocks = PackedBlocks(self.data.train_tokens, cfg.batch.block_size, self.mcfg.eos_token_id)
-        self.val_blocks = PackedBlocks(self.data.val_tokens, cfg.batch.block_size, self.mcfg.eos_token_id)
+        if cfg.task == "chat":
+            self._load_chat()
+        else:
+            self._load_text()
         b = cfg.batch
         self.micro_per_epoch = (len(self.train_blocks) // self.world) // b.per_device_train_batch_size
         self.steps_per_epoch = self.micro_per_epoch // b.gradient_accumulation_steps
@@ -123,12 +117,7 @@ class Trainer:
             )
         self.total_steps = min(self.plan.max_steps, self.steps_per_epoch * cfg.schedule.num_train_epochs)
         if self.is_main:
-            log.info(
-                "%s tokens in %s blocks (%s steps/epoch) -> %s steps; unigram entropy of the training tokens %.4f nats "
-                "(a context-free model's loss: eval loss must end well below it)",
-                f"{len(self.data.train_tokens):,}", f"{len(self.train_blocks):,}", f"{self.steps_per_epoch:,}",
-                f"{self.total_steps:,}", unigram_entropy(self.data.train_tokens),
-            )
+            log.info("%s steps/epoch -> %s steps", f"{self.steps_per_epoch:,}", f"{self.total_steps:,}")
         self._build_model()
         self.state = TrainerState(world_size=self.world)
         self.stop_requested = False
@@ -139,6 +128,34 @@ class Trainer:
 
     # ---- setup -----------------------------------------------------------------------------------
 
+    def _load_text(self) -> None:
+        from stentor.data import PackedBlocks, prepare_data
+
+        cfg = self.cfg
+        prepared_dir = Path(cfg.prepared_dir) if cfg.prepared_dir else self.run_dir / "data"
+        with self.acc.main_process_first():  # rank 0 tokenizes; the others then find meta.json and reuse it
+            data = prepare_data(cfg.data, self.tokenizer, prepared_dir, num_workers=cfg.prepare_workers)
+        if len(data.val_tokens) == 0:
+            raise StentorError("no validation tokens: set data.val_docs > 0 so the run can be evaluated")
+        self.train_blocks = PackedBlocks(data.train_tokens, cfg.batch.block_size, self.mcfg.eos_token_id)
+        self.val_blocks = PackedBlocks(data.val_tokens, cfg.batch.block_size, self.mcfg.eos_token_id)
+        if self.is_main:
+            log.info("%s tokens in %s blocks; unigram entropy of the training tokens %.4f nats (a context-free "
+                     "model's loss: eval loss must end well below it)", f"{len(data.train_tokens):,}",
+                     f"{len(self.train_blocks):,}", unigram_entropy(data.train_tokens))  # fmt: skip
+
+    def _load_chat(self) -> None:
+        from stentor.data.chat import load_chat
+
+        cfg = self.cfg
+        if cfg.data.val_docs < 1:
+            raise StentorError("no held-out conversations: set data.val_docs > 0 so the run can be evaluated")
+        self.train_blocks, self.val_blocks = load_chat(cfg.data.sources, self.tokenizer, cfg.data.val_docs,
+                                                       cfg.batch.block_size, cfg.data.seed)  # fmt: skip
+        if self.is_main:
+            log.info("%s conversations (%s assistant tokens to learn), %s held out", f"{len(self.train_blocks):,}",
+                     f"{self.train_blocks.target_tokens():,}", f"{len(self.val_blocks):,}")  # fmt: skip
+
     def _build_model(self) -> None:
         from stentor.model.build import build_model
         from stentor.model.precision import apply_t4_recipe
@@ -146,7 +163,14 @@ class Trainer:
         from stentor.train.schedule import Schedule
 
         cfg = self.cfg
-        model = build_model(self.mcfg, seed=cfg.seed)
+        if cfg.init_from is not None:  # on resume the checkpoint's weights replace these at once
+            from stentor.model.loading import load_model
+
+            model = load_model(cfg.init_from).train()
+            if self.is_main and not self.resuming:
+                log.info("starting from %s (%s parameters)", cfg.init_from, f"{sum(p.numel() for p in model.parameters()):,}")
+        else:
+            model = build_model(self.mcfg, seed=cfg.seed)
         self.recipe = None
         if cfg.precision.t4_recipe and cfg.precision.mixed_precision != "no":
             self.recipe = apply_t4_recipe(model, critical_layers=min(cfg.precision.critical_layers, self.mcfg.num_hidden_layers))
@@ -181,7 +205,7 @@ class Trainer:
             clean_partial_saves(self.run_dir)
             atomic_write_text(self.run_dir / CONFIG_FILE, self.cfg.to_yaml())
             self.curves = CurveLog(self.run_dir / CURVES_FILE)
-            self.curves.start(keep_until_step=self.state.step)
+            self.curves.start(keep_until_step=self.state.step if self.state.step else -1)  # step 0: nothing yet
             if self.use_tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -311,6 +335,11 @@ class Trainer:
             if self.is_main:
                 log.info("%s already finished at step %d; nothing to do", self.run_dir, st.step)
             return self._result(None, interrupted=False)
+        if cfg.init_from is not None and st.step == 0:  # where the fine-tune starts, so its effect is seen
+            start = self.evaluate()
+            self._record(CurveRow(0, 0.0, None, start, math.exp(start) if start < 700 else None, "before fine-tuning"))
+            if self.is_main:
+                log.info("before fine-tuning: eval_loss %.4f", start)
 
         previous = signal.getsignal(signal.SIGINT)
 
