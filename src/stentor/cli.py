@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "stentor.export.cli",
     "stentor.quickstart.cli",
     "stentor.eval.cli",
+    "stentor.publish.cli",
 ]
 
 
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # the HTTP clients log every request at INFO: noise around one command's output
+        for name in ("httpx", "httpx2", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Examples:\n"
             "  stentor quickstart\n"
             "  stentor quickstart --data 'my_texts/*.txt' --steps 1000 --out runs/mine\n"
-            "  stentor quickstart --blimp ../shared/data/blimp"
+            "  stentor quickstart --blimp path/to/blimp      # a local copy of BLiMP (<UID>.jsonl files)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

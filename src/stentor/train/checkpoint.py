@@ -52,6 +52,8 @@ class TrainerState:
     log_loss_count: int = 0
     world_size: int = 1
     finished: bool = False
+    train_seconds: float = 0.0  # wall time in the training loop, over every resume (for the model card)
+    device: str = ""  # what the last session trained on, e.g. "cpu" or "Tesla T4"
 
 
 def rng_state() -> dict[str, Any]:

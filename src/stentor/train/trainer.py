@@ -354,7 +354,8 @@ class Trainer:
         device_name = torch.cuda.get_device_name(self.acc.device) if self.acc.device.type == "cuda" else "cpu"
         peak = peak_flops(device_name, cfg.precision.peak_tflops)
         bar = tqdm(total=self.total_steps, initial=st.step, disable=not self.is_main, desc="train", unit="step", dynamic_ncols=True)
-        last_save = time.monotonic()
+        last_save = clock = time.monotonic()
+        st.device = device_name
         t0, tok0 = time.perf_counter(), st.tokens_seen
         final_loss = None
         try:
@@ -431,6 +432,8 @@ class Trainer:
                     if last:
                         self._save_hf_dir("final")
                         st.finished = True
+                    now = time.monotonic()
+                    st.train_seconds, clock = st.train_seconds + now - clock, now
                     self._save_checkpoint()
                     last_save = time.monotonic()
                 if stop:
