@@ -125,3 +125,42 @@ def test_push_refuses_an_unpublishable_dir_and_fails_offline_or_unauthorized_in_
         server.shutdown()
     assert seen and denied.returncode == 2 and denied.stderr.count("\n") == 1, denied.stderr
     assert "refused the upload to me/toy (401)" in denied.stderr and "hf auth login" in denied.stderr
+
+
+def test_mcnemar_exact_p_values():
+    from stentor.eval.compare import mcnemar_p
+
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(5, 5) == 1.0
+    assert mcnemar_p(0, 6) == mcnemar_p(6, 0) == 2 / 64
+    assert mcnemar_p(1, 9) == 2 * (1 + 10) / 1024 and mcnemar_p(300, 700) < 1e-30
+
+
+def test_mcnemar_equals_scipys_exact_binomial_test():
+    from stentor.eval.compare import mcnemar_p
+
+    binomtest = pytest.importorskip("scipy.stats").binomtest
+    for b, c in ((3, 11), (40, 57), (120, 90)):
+        assert mcnemar_p(b, c) == pytest.approx(binomtest(b, b + c, 0.5).pvalue, rel=1e-9)
+
+
+def test_eval_compare_pairs_two_evaluated_models(evaluated_run, tmp_path):
+    """final/ against best/ of the same run, both evaluated on the same pairs and text."""
+    report = json.loads((evaluated_run / "final" / "eval_report.json").read_text())
+    corpus = report["perplexity"][0]["data"]
+    blimp = evaluated_run.parent / "blimp"
+    out = tmp_path / "best-eval"
+    result = run_stentor("eval", "all", "--model", str(evaluated_run / "best"), "--ppl-data", str(evaluated_run.parent / corpus),
+                         "--blimp-data", str(blimp), "--tasks", "adjunct_island", "--no-progress", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_stentor("eval", "compare", str(out), str(evaluated_run), "--out", str(tmp_path / "cmp"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    a, b = json.loads((out / "eval_report.json").read_text()), report
+    (pa,), (pb,) = a["blimp"]["paradigms"], b["blimp"]["paradigms"]
+    only_a = sum(x == "1" and y == "0" for x, y in zip(pa["pairs_correct"], pb["pairs_correct"]))
+    assert figures["blimp"][0]["only_a"] == only_a and figures["blimp"][0]["b"] == pb["accuracy"]
+    assert figures["perplexity"][0]["b"] == b["perplexity"][0]["perplexity"]
+    assert "| adjunct_island |" in result.stdout and (tmp_path / "cmp" / "compare.png").is_file()
+    assert "run/final compared with best-eval" in result.stdout
+    missing = run_stentor("eval", "compare", str(tmp_path), str(evaluated_run))
+    assert missing.returncode == 2 and "no eval report in" in missing.stderr

@@ -176,6 +176,7 @@ class ParadigmScore:
     term: str
     correct: int
     total: int
+    outcomes: str = ""  # "1"/"0" per pair, in the data's order: what `stentor eval compare` pairs up
 
     @property
     def accuracy(self) -> float:
@@ -237,7 +238,7 @@ class BlimpResult:
             "scoring": self.scoring,
             "paradigms": [
                 {"uid": p.uid, "field": p.field, "linguistics_term": p.term, "correct": p.correct, "total": p.total,
-                 "accuracy": p.accuracy, "bucket": p.bucket}
+                 "accuracy": p.accuracy, "bucket": p.bucket, "pairs_correct": p.outcomes}
                 for p in self.paradigms
             ],
         }  # fmt: skip
@@ -259,6 +260,7 @@ def evaluate_blimp(
     start = 0
     for p in paradigms:
         end = start + len(p.pairs)
-        results.append(ParadigmScore(p.uid, p.field, p.term, sum(m > 0 for m in margins[start:end]), len(p.pairs)))
+        outcomes = "".join("1" if m > 0 else "0" for m in margins[start:end])
+        results.append(ParadigmScore(p.uid, p.field, p.term, outcomes.count("1"), len(p.pairs), outcomes))
         start = end
     return BlimpResult(results, data, report.to_dict())

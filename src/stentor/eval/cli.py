@@ -69,12 +69,13 @@ def register(subparsers) -> None:
             "  ppl    perplexity, bits/token and bits per UTF-8 byte on text (bpb compares across tokenizers)\n"
             "  blimp  BLiMP minimal pairs, lm-evaluation-harness scoring, ties count as wrong\n"
             "  all    both, into one report, and the model card's model-index + results section\n"
+            "  compare  two evaluated models: BLiMP deltas with McNemar tests, perplexity deltas\n"
             "  lm-eval  any lm-evaluation-harness task, scored by stentor's scorer (pip install 'stentor[lm-eval]')\n"
             "See docs/evaluation.md for exactly what is counted."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ev.add_subparsers(dest="eval_command", metavar="<ppl|blimp|all|lm-eval>", required=True)
+    sub = ev.add_subparsers(dest="eval_command", metavar="<ppl|blimp|all|compare|lm-eval>", required=True)
 
     ppl = sub.add_parser(
         "ppl",
@@ -131,6 +132,21 @@ def register(subparsers) -> None:
     every.add_argument("--out", metavar="DIR", help="report directory (default: the model dir)")
     every.add_argument("--no-card", action="store_true", help="do not touch the model dir's README.md")
     every.set_defaults(func=run_all)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="BLiMP per paradigm with McNemar tests, perplexity and bits/byte deltas, between two evaluated models",
+        description=(
+            "Compare two eval reports (a run dir, a model dir, or an eval_report.json / blimp.json): BLiMP pair by\n"
+            "pair with an exact McNemar test per paradigm, perplexity and bits per byte on shared datasets.\n\n"
+            "example: stentor eval compare quickstart/run runs/chat --out runs/chat/compare"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp.add_argument("a", metavar="A", help="the baseline (e.g. the base model's run)")
+    cmp.add_argument("b", metavar="B", help="the model compared with it (e.g. the fine-tune)")
+    cmp.add_argument("--out", metavar="DIR", help="also write compare.md, compare.json and compare.png into DIR")
+    cmp.set_defaults(func=run_compare)
 
     harness = sub.add_parser(
         "lm-eval",
@@ -263,4 +279,11 @@ def run_lm_eval(args) -> int:
     if args.json:
         kept = {k: results[k] for k in ("results", "versions", "n-shot", "configs") if k in results}
         write_json(args.json, {"model": args.model, "precision": lm.precision, **json.loads(json.dumps(kept, default=str))})
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from stentor.eval.compare import compare
+
+    print(compare(args.a, args.b, args.out), end="")
     return 0
