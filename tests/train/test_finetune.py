@@ -184,3 +184,31 @@ def test_a_run_from_before_fine_tuning_existed_still_resumes_its_config(tmp_path
     (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(saved))
     with pytest.raises(StentorError, match="is damaged: it lacks optim.learning_rate"):
         load_run_config(tmp_path)
+
+
+def test_lora_trains_adapters_only_and_saves_merged_plain_weights(base_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    rng = random.Random(4)
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text("".join(json.dumps(conversation(rng)) + "\n" for _ in range(200)))
+    sources = [{"path": str(chats), "text_field": "messages"}]
+    recipe = finetune_recipe(tmp_path, sources, "chat", data={"sources": sources, "val_docs": 20, "seed": 1},
+                             optim={"learning_rate": 1e-2}, lora={"r": 8, "alpha": 16})  # fmt: skip
+    run = tmp_path / "run"
+    result = run_stentor("finetune", "--from", str(base_model), "--config", str(recipe), "--out", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LoRA r=8 on q_proj" in result.stderr
+    losses = eval_losses(run)
+    assert losses[-1][1] < 0.8 * losses[0][1], losses
+    base, tuned = load_file(base_model / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    assert set(tuned) == set(base)  # plain weights: the adapters are merged, no peft names left
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all("proj" in k for k in changed), changed  # only the adapted matrices moved
+    again = run_stentor("finetune", "--resume", str(run))  # the checkpoint (adapters unmerged) loads back
+    assert again.returncode == 0 and "already finished" in again.stderr, again.stderr[-2000:]
+    bad = finetune_recipe(tmp_path, sources, "chat", data={"sources": sources, "val_docs": 20, "seed": 1},
+                          lora={"r": 8, "target_modules": ["no_such_layer"]})  # fmt: skip
+    refused = run_stentor("finetune", "--from", str(base_model), "--config", str(bad), "--out", str(tmp_path / "bad"))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("stentor: error: lora: ")

@@ -26,7 +26,7 @@ SCHEDULERS = ("cosine", "wsd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TASKS = ("pretrain", "chat")
 # Keys a run's config.yaml written before they existed lacks; such runs used their defaults.
-ADDED_LATER = {"init_from", "task"}
+ADDED_LATER = {"init_from", "task", "lora"}
 
 
 @dataclass
@@ -114,6 +114,17 @@ class PrecisionSection:
 
 
 @dataclass
+class LoraSection:
+    """LoRA adapters through peft (`pip install 'stentor[lora]'`): only they train. r = 0 trains every weight.
+    best/ and final/ hold the adapters merged into plain weights, so every other command takes them as they are."""
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     # Anything `stentor.tokenizer.hf.load_tokenizer` takes: a TokenMonster name or .vocab, a tokenizer dir, a hub id.
@@ -138,6 +149,7 @@ class TrainConfig:
     # conversations ({"messages": [...]} records; set the sources' text_field to messages), loss on the
     # assistant turns only, one conversation per row.
     task: str = "pretrain"
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -190,6 +202,9 @@ def validate(cfg: TrainConfig) -> None:
              f"precision.mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {p.mixed_precision!r})")
     _require(p.critical_layers >= 0, f"precision.critical_layers must be >= 0 (got {p.critical_layers})")
     _require(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)} (got {cfg.task!r})")
+    lo = cfg.lora
+    _require(lo.r >= 0 and lo.alpha > 0 and 0 <= lo.dropout < 1 and len(lo.target_modules) > 0,
+             f"lora: r must be >= 0 (0 = off), alpha > 0, dropout in [0, 1), target_modules not empty (got {lo})")
 
 
 # ---- loading: YAML -> dataclasses, strictly ----------------------------------------------------

@@ -174,6 +174,8 @@ class Trainer:
         self.recipe = None
         if cfg.precision.t4_recipe and cfg.precision.mixed_precision != "no":
             self.recipe = apply_t4_recipe(model, critical_layers=min(cfg.precision.critical_layers, self.mcfg.num_hidden_layers))
+        if cfg.lora.r:
+            model = self._with_lora(model)
         self.schedule = Schedule.from_config(cfg.schedule)
         optimizer = build_optimizer(model, cfg.optim, self.acc.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.factor)
@@ -181,6 +183,32 @@ class Trainer:
             model = torch.compile(model)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.raw_model = self.acc.unwrap_model(self.model, keep_torch_compile=False)
+
+    def _with_lora(self, model):
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise StentorError("lora.r > 0 needs peft: pip install 'stentor[lora]'") from None
+        lo = self.cfg.lora
+        config = LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=list(lo.target_modules),
+                            task_type="CAUSAL_LM")  # fmt: skip
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as exc:  # e.g. a target module the model does not have
+            raise StentorError(f"lora: {str(exc).splitlines()[0][:200]}") from None
+        if self.is_main:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in model.parameters())
+            log.info("LoRA r=%d on %s: %s of %s parameters train", lo.r, ", ".join(lo.target_modules), f"{trainable:,}", f"{total:,}")
+        return model
+
+    def _plain_model(self):
+        """The model as best/ and final/ hold it: LoRA adapters merged into a copy (training goes on with them)."""
+        if not self.cfg.lora.r:
+            return self.raw_model
+        import copy
+
+        return copy.deepcopy(self.raw_model).merge_and_unload()
 
     def _restore(self) -> None:
         """Load the latest checkpoint (resume) and cut the curves back to it; or start fresh files."""
@@ -280,7 +308,7 @@ class Trainer:
         from stentor.model.build import save_model_dir
 
         if self.is_main:
-            save_model_dir(self.raw_model, self.mcfg, self.run_dir / name, tokenizer=self.tokenizer)
+            save_model_dir(self._plain_model(), self.mcfg, self.run_dir / name, tokenizer=self.tokenizer)
         self.acc.wait_for_everyone()
 
     def _save_checkpoint(self) -> None:
