@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from train_helpers import tokenmonster_model
 
 from stentor.cli import main
 
@@ -82,22 +83,8 @@ def fuzz(source: Path, files: list[str], command, flips: int, tmp_path: Path, ch
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny model with a StentorTokenizer (byte fallback, capcode off) and the card's chat template."""
-    from stentor.model import get_preset
-    from stentor.model.build import build_model, save_model_dir
-    from stentor.model.presets import padded_vocab_size
-    from stentor.tokenizer.hf import StentorTokenizer
-    from stentor.tokenizer.tokenmonster import build_vocab_from_yaml
-
     words = "once upon a time the cat sat on mat and dog ran home école".split()
-    lines = ["charset: utf-8", "capcode: 0", "normalization: none", "include-256-bytes: true", "tokens:"]
-    lines += [f'  - token: "{t}"' for w in words for t in (w, f" {w}")]
-    tokenizer = StentorTokenizer.from_vocab(build_vocab_from_yaml("\n".join(lines) + "\n"))
-    cfg = get_preset("stentor2-tiny").replace(
-        vocab_size=padded_vocab_size(len(tokenizer)), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    out = save_model_dir(build_model(cfg, seed=0), cfg, tmp_path_factory.mktemp("damaged") / "model", tokenizer=tokenizer)
-    return Path(out)
+    return tokenmonster_model(tmp_path_factory.mktemp("damaged") / "model", words)
 
 
 def _generate(*extra: str):

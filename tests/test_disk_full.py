@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_helpers import REPO, make_corpus, make_tokenizer, stentor_env, tiny_recipe, write_recipe
+from train_helpers import REPO, make_corpus, make_tokenizer, stentor_env, tiny_recipe, tokenmonster_model, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -48,21 +48,7 @@ def assert_refused(result: subprocess.CompletedProcess, target: Path, named: str
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny model with a TokenMonster tokenizer, as `stentor` saves one (every exporter accepts it)."""
-    from stentor.model import get_preset
-    from stentor.model.build import build_model, save_model_dir
-    from stentor.model.presets import padded_vocab_size
-    from stentor.tokenizer.hf import StentorTokenizer
-    from stentor.tokenizer.tokenmonster import build_vocab_from_yaml
-
-    words = "once upon a time the cat sat on mat and dog ran home".split()
-    lines = ["charset: utf-8", "capcode: 0", "normalization: none", "include-256-bytes: true", "tokens:"]
-    lines += [f'  - token: "{t}"' for w in words for t in (w, f" {w}")]
-    tokenizer = StentorTokenizer.from_vocab(build_vocab_from_yaml("\n".join(lines) + "\n"))
-    cfg = get_preset("stentor2-tiny").replace(
-        vocab_size=padded_vocab_size(len(tokenizer)), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    return Path(save_model_dir(build_model(cfg, seed=0), cfg, tmp_path_factory.mktemp("full") / "model", tokenizer=tokenizer))
+    return tokenmonster_model(tmp_path_factory.mktemp("full") / "model", "once upon a time the cat sat on mat".split())
 
 
 @pytest.mark.parametrize(

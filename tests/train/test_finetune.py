@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from train_helpers import ADJS, NOUNS, VERBS, make_corpus, run_stentor, tiny_recipe, write_recipe
+from train_helpers import ADJS, NOUNS, VERBS, make_corpus, run_stentor, tiny_recipe, word_tokenizer, write_recipe
 
 from stentor.data.chat import encode_conversation, load_chat
 from stentor.data.packing import IGNORE_INDEX
@@ -23,14 +23,8 @@ WORDS = [*NOUNS, *VERBS, *ADJS, "the", ".", "what", "does", "do", "?", "one", "t
 
 
 def tokenizer():
-    """A StentorTokenizer over the test's words (and every byte): it carries the card's chat template."""
-    from stentor.tokenizer.hf import StentorTokenizer
-    from stentor.tokenizer.tokenmonster import build_vocab_from_yaml
-
-    lines = ["charset: utf-8", "capcode: 0", "normalization: none", "include-256-bytes: true", "tokens:"]
-    pieces = [t for w in WORDS for t in (w, f" {w}")] + ["<|user|>\n", "<|assistant|>\n", "\n"]
-    lines += [f"  - token: {json.dumps(t)}" for t in pieces]
-    return StentorTokenizer.from_vocab(build_vocab_from_yaml("\n".join(lines) + "\n"))
+    """A StentorTokenizer over the test's words and the chat template's role lines."""
+    return word_tokenizer(WORDS, ("<|user|>\n", "<|assistant|>\n", "\n"))
 
 
 def conversation(rng: random.Random) -> dict:

@@ -50,6 +50,31 @@ def make_tokenizer(out_dir: Path, corpus: Path) -> Path:
     return out_dir
 
 
+def word_tokenizer(words: list[str], extra: tuple[str, ...] = ()):
+    """A StentorTokenizer whose TokenMonster vocabulary holds each word (with and without a leading space), the
+    `extra` pieces and every byte (so any text encodes); it carries the card's chat template."""
+    from stentor.tokenizer.hf import StentorTokenizer
+    from stentor.tokenizer.tokenmonster import build_vocab_from_yaml
+
+    lines = ["charset: utf-8", "capcode: 0", "normalization: none", "include-256-bytes: true", "tokens:"]
+    lines += [f"  - token: {json.dumps(t)}" for t in [p for w in words for p in (w, f" {w}")] + list(extra)]
+    return StentorTokenizer.from_vocab(build_vocab_from_yaml("\n".join(lines) + "\n"))
+
+
+def tokenmonster_model(out: Path, words: list[str]) -> Path:
+    """A random-init stentor2-tiny saved with `word_tokenizer(words)`, as `stentor` saves a model directory."""
+    from stentor.model import get_preset
+    from stentor.model.build import build_model, save_model_dir
+    from stentor.model.presets import padded_vocab_size
+
+    tokenizer = word_tokenizer(words)
+    cfg = get_preset("stentor2-tiny").replace(
+        vocab_size=padded_vocab_size(len(tokenizer)), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    return Path(save_model_dir(build_model(cfg, seed=0), cfg, out, tokenizer=tokenizer))
+
+
 def tiny_recipe(corpus: Path, tokenizer: Path, **sections) -> dict:
     """A recipe on stentor2-tiny (vocab cut to 128 for the word-level tokenizer): 64-token blocks,
     batch 4 x accumulation 2, fp32, WSD at a high LR (few steps), logged every step."""

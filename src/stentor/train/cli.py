@@ -37,6 +37,20 @@ generate, serve, eval, quantize and export take it as they take any other.
 """
 
 
+def _run_arguments(p: argparse.ArgumentParser, recipe: str, example: str) -> None:
+    """What `train` and `finetune` share: a recipe, a run directory, resume, overrides, the plan."""
+    p.add_argument("--config", type=Path, help=recipe)
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one config value, e.g. --set {example} (repeatable; values are YAML)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan (parameters, tokens, steps, schedule) and exit")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="processes to plan for with --dry-run (default: the launcher's WORLD_SIZE, else batch.world_size)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard (needs the tensorboard package)")
+    p.set_defaults(func=run, source=None)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
@@ -45,16 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="the recipe (YAML); keys not given take the card's values")
-    p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set batch.block_size=256 (repeatable; values are YAML)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved plan (parameters, tokens, steps, schedule) and exit")
-    p.add_argument("--num-processes", type=int, metavar="N",
-                   help="processes to plan for with --dry-run (default: the launcher's WORLD_SIZE, else batch.world_size)")
-    p.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard (needs the tensorboard package)")
-    p.set_defaults(func=run, source=None)
+    _run_arguments(p, "the recipe (YAML); keys not given take the card's values", "batch.block_size=256")
 
     f = subparsers.add_parser(
         "finetune",
@@ -67,14 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     f.add_argument("--from", dest="source", metavar="DIR_OR_HUB_ID",
                    help="the model to start from: a run's final/ or best/, any stentor model directory, or a hub id")
-    f.add_argument("--config", type=Path, help="the recipe (YAML): data, task, schedule; see configs/finetune-*.yaml")
-    f.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
-    f.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the fine-tune in RUN_DIR from its latest checkpoint")
-    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set optim.learning_rate=1e-4 (repeatable; values are YAML)")
-    f.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
-    f.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard")
-    f.set_defaults(func=run, num_processes=None)
+    _run_arguments(f, "the recipe (YAML): data, task, schedule, lora; see configs/finetune-*.yaml", "optim.learning_rate=1e-4")
 
 
 def _resolve(args: argparse.Namespace):
