@@ -134,3 +134,57 @@ def test_bad_inputs_fail_with_one_line_before_training(recipe, corpus_and_tokeni
     _fails(capsys, ["train", "--config", str(path), "--out", str(blocker / "run")], "cannot write to")
     _fails(capsys, ["train", "--resume", str(tmp_path)], "is not a stentor run directory")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+class InfInEval:
+    """A forward hook on the embedding that makes every evaluation forward overflow."""
+
+    def __call__(self, module, args, output):
+        return output if module.training else output * float("inf")
+
+
+def test_a_non_finite_eval_is_reported_and_the_run_goes_on(recipe, tmp_path, capsys):
+    trainer = Trainer(load_config(recipe(tmp_path, schedule={"max_train_steps": 10})), tmp_path / "run")
+    hook = trainer.raw_model.get_input_embeddings().register_forward_hook(InfInEval())
+    result = trainer.fit()  # rank 0 used to crash formatting a perplexity it did not have
+    hook.remove()
+    assert result.steps == 10 and not result.interrupted
+    with open(tmp_path / "run" / "training_curves.csv", newline="") as f:
+        evals = [r for r in csv.DictReader(f) if r["eval_loss"]]
+    assert evals and all("eval loss not finite" in r["note"] for r in evals)
+    shown = capsys.readouterr()
+    assert "is not finite: the model's outputs overflowed; try bf16" in shown.out + shown.err
+    assert not (tmp_path / "run" / "best").exists()  # a non-finite eval is never the best
+
+
+def test_training_and_eval_forwards_build_no_kv_cache(recipe, tmp_path):
+    trainer = Trainer(load_config(recipe(tmp_path, schedule={"max_train_steps": 2})), tmp_path / "run")
+    caches = []
+    hook = trainer.raw_model.model.register_forward_hook(lambda m, a, out: caches.append(out.past_key_values))
+    trainer.train_step([trainer._batch(range(4))])
+    trainer.evaluate()
+    hook.remove()
+    assert caches and all(c is None for c in caches)  # a cache per layer per step is only memory in training
+
+
+def test_a_checkpoint_from_another_number_of_processes_is_one_line(tmp_path):
+    from stentor.errors import StentorError
+    from stentor.model.build import build_model
+    from stentor.model.presets import get_preset
+    from stentor.train.checkpoint import TrainerState, load_checkpoint, rng_state, save_checkpoint
+
+    model = build_model(get_preset("stentor2-tiny"), seed=0)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    path = save_checkpoint(tmp_path, TrainerState(step=2), model, optimizer, scheduler, None, [rng_state()], 2)
+    with pytest.raises(StentorError, match=r"written by 1 process\(es\), this run has 2; .*--num_processes 1"):
+        load_checkpoint(path, model, optimizer, scheduler, None, rank=1, world=2)
+
+
+def test_peak_flops_match_whole_gpu_names():
+    from stentor.train.plan import peak_flops
+
+    assert peak_flops("NVIDIA L40S") is None and peak_flops("NVIDIA L4") == 121e12  # "L4" is not "L40S"
+    assert peak_flops("Tesla T4") == 65e12 and peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("cpu") is None
+    assert peak_flops("anything", override_tflops=2.5) == 2.5e12

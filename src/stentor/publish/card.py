@@ -28,8 +28,10 @@ SAMPLE_TOKENS = 80
 
 
 def _device_watts(device: str) -> tuple[int, str]:
+    from stentor.train.plan import device_is
+
     for name, watts in DEVICE_WATTS.items():
-        if name.lower() in device.lower():
+        if device_is(name, device):
             return watts, f"{name} board power {watts} W"
     return CPU_WATTS, f"a CPU at {CPU_WATTS} W"
 

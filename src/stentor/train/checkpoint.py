@@ -143,7 +143,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rank: int
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rank: int,
+    world: int = 1,
 ) -> TrainerState:
     """Restore model, optimizer, scheduler, scaler and this rank's RNG from `path`; return the trainer state.
 
@@ -157,6 +158,9 @@ def load_checkpoint(
         raise StentorError(f"{exc}; {fix}") from None
     try:
         state = TrainerState(**read_json(path / "trainer_state.json", fix=fix))
+        if state.world_size != world:  # before any rank reads an RNG state that is not there
+            raise StentorError(f"{path} was written by {state.world_size} process(es), this run has {world}; resume "
+                               f"with the same number (accelerate launch --num_processes {state.world_size})")  # fmt: skip
         load_model(model, str(path / "model.safetensors"))
         device = next(model.parameters()).device
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))

@@ -6,6 +6,8 @@ All numbers come from the config alone (no data, no model weights), so a plan fo
 
 from __future__ import annotations
 
+import re
+
 import math
 from dataclasses import dataclass
 
@@ -28,14 +30,17 @@ def flops_per_token(mcfg: ModelConfig, params: int, block_size: int) -> int:
     return 6 * params + 12 * mcfg.num_hidden_layers * mcfg.hidden_size * block_size
 
 
+def device_is(model: str, device_name: str) -> bool:
+    """Whether `device_name` ("NVIDIA A100-SXM4-80GB", "Tesla T4") names the GPU `model`: a whole word of
+    it, so "L4" is not an "NVIDIA L40S"."""
+    return model.lower() in re.split(r"[^0-9a-z]+", device_name.lower())
+
+
 def peak_flops(device_name: str, override_tflops: float | None = None) -> float | None:
     """Peak FLOP/s of one device: the override, else our table by name; None when unknown (CPU)."""
     if override_tflops:
         return override_tflops * 1e12
-    for key, flops in PEAK_FLOPS.items():
-        if key.lower() in device_name.lower():
-            return flops
-    return None
+    return next((flops for key, flops in PEAK_FLOPS.items() if device_is(key, device_name)), None)
 
 
 def tokenizer_special_ids(tokenizer, model_vocab: int, model_name: str) -> dict[str, int]:

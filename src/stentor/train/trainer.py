@@ -89,6 +89,10 @@ class Trainer:
         self.is_main = self.acc.is_main_process
         if cfg.precision.mixed_precision == "fp16" and self.acc.device.type != "cuda" and self.is_main:
             log.warning("fp16 needs a CUDA GPU; on %s this run computes in fp32 (bf16 autocast works on CPU)", self.acc.device)
+        if (cfg.precision.mixed_precision == "bf16" and self.acc.device.type == "cuda" and self.is_main
+                and not torch.cuda.is_bf16_supported(including_emulation=False)):  # fmt: skip
+            log.warning("%s has no native bf16: it is emulated and slow here; use mixed_precision fp16 with the T4 "
+                        "recipe (the card's setting)", torch.cuda.get_device_name(self.acc.device))  # fmt: skip
 
         # Cheap checks first: output dir, tokenizer vs model, budgets. Then data, then the model.
         if self.is_main:
@@ -214,12 +218,8 @@ class Trainer:
         """Load the latest checkpoint (resume) and cut the curves back to it; or start fresh files."""
         ckpt = latest_checkpoint(self.run_dir) if self.resuming else None
         if ckpt is not None:
-            self.state = load_checkpoint(ckpt, self.raw_model, self.optimizer.optimizer, self.scheduler, self.acc.scaler, self.rank)
-            if self.state.world_size != self.world:
-                raise StentorError(
-                    f"{ckpt} was written by {self.state.world_size} processes; resume with the same number "
-                    f"(accelerate launch --num_processes {self.state.world_size})"
-                )
+            self.state = load_checkpoint(ckpt, self.raw_model, self.optimizer.optimizer, self.scheduler, self.acc.scaler,
+                                         self.rank, self.world)  # fmt: skip
             if self.is_main:
                 log.info("resuming from %s (step %d, epoch %d)", ckpt, self.state.step, self.state.epoch)
         else:
@@ -263,7 +263,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             sync = i == accum - 1
             with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
-                loss = self.model(**batch).loss
+                loss = self.model(**batch, use_cache=False).loss  # no KV cache: it only costs memory here
                 self.acc.backward(loss / accum)
             losses.append(loss.detach())
         step_loss = torch.stack(losses).float().mean()
@@ -295,7 +295,7 @@ class Trainer:
         for start in range(0, len(mine), bs):
             batch = collate_blocks([self.val_blocks[i] for i in mine[start : start + bs]], self.mcfg.pad_token_id)
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
-            loss = self.model(**batch).loss
+            loss = self.model(**batch, use_cache=False).loss
             count = (batch["labels"][:, 1:] != -100).sum()
             totals += torch.stack([loss.double() * count, count.double()])
         totals = self.acc.reduce(totals, reduction="sum")
@@ -386,9 +386,11 @@ class Trainer:
         st.device = device_name
         t0, tok0 = time.perf_counter(), st.tokens_seen
         final_loss = None
+        order, order_epoch = None, None
         try:
             while st.step < self.total_steps:
-                order = epoch_blocks(len(self.train_blocks), cfg.seed, st.epoch, self.rank, self.world)
+                if order_epoch != st.epoch:  # one permutation per epoch, not per step (ms at the card's 234K blocks)
+                    order, order_epoch = epoch_blocks(len(self.train_blocks), cfg.seed, st.epoch, self.rank, self.world), st.epoch
                 m = st.micro_in_epoch
                 span = slice(m * b.per_device_train_batch_size, (m + accum) * b.per_device_train_batch_size)
                 if cfg.logging.record_data_order:
@@ -435,7 +437,7 @@ class Trainer:
                 eval_loss = None
                 if eval_due or best_due or epoch_end or last:
                     eval_loss = self.evaluate()
-                    if best_due and (st.best_eval_loss is None or eval_loss < st.best_eval_loss):
+                    if best_due and math.isfinite(eval_loss) and (st.best_eval_loss is None or eval_loss < st.best_eval_loss):
                         st.best_eval_loss, st.best_step = eval_loss, st.step
                         self._save_hf_dir("best")
                         notes.append("best")
@@ -444,11 +446,13 @@ class Trainer:
                         notes.append("final")
                 if not applied:
                     notes.append(f"skipped non-finite step ({st.skipped_steps} total)")
+                if eval_loss is not None and not math.isfinite(eval_loss):
+                    notes.append("eval loss not finite")
                 if train_loss is not None or eval_loss is not None or notes:
                     ppl = math.exp(eval_loss) if eval_loss is not None and eval_loss < 700 else None
                     self._record(CurveRow(st.step, self._epoch_float(), train_loss, eval_loss, ppl, "; ".join(notes)))
                     if self.is_main and eval_loss is not None:
-                        tqdm.write(f"step {st.step}: eval_loss {eval_loss:.4f} ppl {ppl:.2f}" + (f" ({', '.join(notes)})" if notes else ""))
+                        tqdm.write(_eval_line(st.step, eval_loss, ppl, notes))
                 if epoch_end:
                     st.epoch += 1
                     st.micro_in_epoch = 0
@@ -479,6 +483,15 @@ class Trainer:
         st = self.state
         return TrainResult(self.run_dir, st.step, st.tokens_seen, st.skipped_steps, final_loss, st.best_eval_loss,
                            st.best_step, interrupted)
+
+
+def _eval_line(step: int, loss: float, ppl: float | None, notes: list[str]) -> str:
+    """What an evaluation prints; a loss that is not finite is said so, with what usually fixes it."""
+    if not math.isfinite(loss):
+        return (f"step {step}: eval loss {loss} is not finite: the model's outputs overflowed; try bf16 instead of "
+                "fp16, a lower learning rate, or the T4 recipe (precision.t4_recipe)")  # fmt: skip
+    shown = f"ppl {ppl:.2f}" if ppl is not None else "ppl overflows"
+    return f"step {step}: eval_loss {loss:.4f} {shown}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def train(config: TrainConfig, run_dir: str | os.PathLike, tensorboard: bool = False) -> TrainResult:
