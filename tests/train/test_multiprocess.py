@@ -48,3 +48,24 @@ def test_two_processes_split_the_data_and_rank0_writes_once(corpus_and_tokenizer
         seen[rank] = [b for r in records for b in r["blocks"]]
         assert len(seen[rank]) == 8 * 4 * 2 == len(set(seen[rank]))
     assert not set(seen[0]) & set(seen[1])  # the ranks trained on disjoint blocks
+
+
+def test_fewer_eval_blocks_than_processes_do_not_hang(corpus_and_tokenizer, tmp_path):
+    """One eval block for two ranks: rank 1 has nothing to score. Through the DDP wrapper rank 0's eval
+    forward broadcast buffers that rank 1 never joined, and the run hung; eval runs on the unwrapped model."""
+    corpus, tokenizer = corpus_and_tokenizer
+    recipe = tiny_recipe(corpus, tokenizer, schedule={"max_train_steps": 2, "num_train_epochs": 1},
+                         eval={"eval_steps": 1, "best_eval_steps": 1, "best_eval_start_step": 1, "max_eval_samples": 1},
+                         checkpoint={"save_steps": None})  # fmt: skip
+    recipe["prepare_workers"] = 1
+    path = write_recipe(tmp_path / "mp.yaml", recipe)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "stentor", "train", "--config", str(path), "--out", str(tmp_path / "run")]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=stentor_env(), cwd=REPO)
+    except subprocess.TimeoutExpired:
+        pytest.fail("two processes with one eval block between them hung")
+    assert result.returncode == 0, result.stderr[-4000:]
+    with open(tmp_path / "run" / "training_curves.csv", newline="") as f:
+        assert [r["step"] for r in csv.DictReader(f) if r["eval_loss"]] == ["1", "2"]

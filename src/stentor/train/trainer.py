@@ -287,7 +287,10 @@ class Trainer:
         """Token-weighted mean loss over the first `max_eval_samples` validation blocks, split across ranks."""
         from stentor.data import collate_blocks
 
-        self.model.eval()
+        # The unwrapped model (accelerate's autocast kept): through DDP, each eval forward would broadcast
+        # buffers, a collective that a rank with no eval batch never joins.
+        model = self.raw_model
+        model.eval()
         n = min(len(self.val_blocks), self.cfg.eval.max_eval_samples)
         mine = list(range(self.rank, n, self.world))
         bs = self.cfg.batch.per_device_eval_batch_size
@@ -295,7 +298,7 @@ class Trainer:
         for start in range(0, len(mine), bs):
             batch = collate_blocks([self.val_blocks[i] for i in mine[start : start + bs]], self.mcfg.pad_token_id)
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
-            loss = self.model(**batch, use_cache=False).loss
+            loss = model(**batch, use_cache=False).loss
             count = (batch["labels"][:, 1:] != -100).sum()
             totals += torch.stack([loss.double() * count, count.double()])
         totals = self.acc.reduce(totals, reduction="sum")
