@@ -188,3 +188,16 @@ def test_peak_flops_match_whole_gpu_names():
     assert peak_flops("Tesla T4") == 65e12 and peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("cpu") is None
     assert peak_flops("anything", override_tflops=2.5) == 2.5e12
+
+
+def test_the_training_forward_returns_the_loss_alone_so_no_logits_are_upcast(recipe, tmp_path):
+    from stentor.train.trainer import LossOnly
+
+    cfg = load_config(recipe(tmp_path, schedule={"max_train_steps": 2}, precision={"mixed_precision": "bf16", "t4_recipe": False}))
+    trainer = Trainer(cfg, tmp_path / "run")
+    seen = []
+    hook = trainer.raw_model.register_forward_hook(lambda m, a, out: seen.append(out.logits.dtype))
+    out = trainer.model(**trainer._batch(range(4)))
+    hook.remove()
+    assert seen == [torch.bfloat16] and out.dim() == 0  # bf16 logits inside; only the scalar leaves (and is upcast)
+    assert isinstance(trainer.loss_model, LossOnly) and trainer.raw_model is trainer.loss_model.lm

@@ -59,6 +59,21 @@ def epoch_blocks(num_blocks: int, seed: int, epoch: int, rank: int, world: int) 
     return perm[rank : per_rank * world : world]
 
 
+class LossOnly(torch.nn.Module):
+    """The causal LM's forward with the loss as its only output, and no KV cache (it only costs memory here).
+
+    Accelerate's mixed-precision forward converts every output to fp32: returning the model's outputs
+    would copy the (batch, block, vocab) logits to fp32 (1 GiB at the card's 32 x 1024 x 8,064) though
+    only the loss is read."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, **batch) -> torch.Tensor:
+        return self.lm(**batch, use_cache=False).loss
+
+
 class Trainer:
     """One run. Build it with `Trainer(cfg, run_dir)` (fresh) or `Trainer.resume(run_dir)`, then `.fit()`."""
 
@@ -183,10 +198,11 @@ class Trainer:
         self.schedule = Schedule.from_config(cfg.schedule)
         optimizer = build_optimizer(model, cfg.optim, self.acc.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.factor)
-        if cfg.precision.compile:
-            model = torch.compile(model)
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.raw_model = self.acc.unwrap_model(self.model, keep_torch_compile=False)
+        self.model, self.optimizer = self.acc.prepare(LossOnly(model), optimizer)
+        if cfg.precision.compile:  # after prepare: compiling the DDP-wrapped model lets the all-reduce overlap backward
+            self.model = torch.compile(self.model)
+        self.loss_model = self.acc.unwrap_model(self.model, keep_torch_compile=False)  # no DDP; autocast kept
+        self.raw_model = self.loss_model.lm
 
     def _with_lora(self, model):
         try:
@@ -263,7 +279,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             sync = i == accum - 1
             with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
-                loss = self.model(**batch, use_cache=False).loss  # no KV cache: it only costs memory here
+                loss = self.model(**batch)
                 self.acc.backward(loss / accum)
             losses.append(loss.detach())
         step_loss = torch.stack(losses).float().mean()
@@ -289,7 +305,7 @@ class Trainer:
 
         # The unwrapped model (accelerate's autocast kept): through DDP, each eval forward would broadcast
         # buffers, a collective that a rank with no eval batch never joins.
-        model = self.raw_model
+        model = self.loss_model
         model.eval()
         n = min(len(self.val_blocks), self.cfg.eval.max_eval_samples)
         mine = list(range(self.rank, n, self.world))
@@ -298,7 +314,7 @@ class Trainer:
         for start in range(0, len(mine), bs):
             batch = collate_blocks([self.val_blocks[i] for i in mine[start : start + bs]], self.mcfg.pad_token_id)
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
-            loss = model(**batch, use_cache=False).loss
+            loss = model(**batch)
             count = (batch["labels"][:, 1:] != -100).sum()
             totals += torch.stack([loss.double() * count, count.double()])
         totals = self.acc.reduce(totals, reduction="sum")
