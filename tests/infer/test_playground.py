@@ -206,9 +206,17 @@ def test_an_invalid_value_is_shown_in_plain_words(page):
 def test_stop_ends_the_stream_and_the_server_stops_decoding(page, server):
     url = server[1]
     decoded = lambda: httpx.get(f"{url}/health").json()["tokens"]  # noqa: E731
-    start = decoded()
+    # A seed whose 16,000 tokens hold no EOS (checked through the API with the page's own settings), so the
+    # run cannot end by itself before Stop is pressed: unseeded, it sometimes did, and Stop was disabled.
     page.fill("#prompt", "once upon a time")
     page.fill("#max_tokens", "16000")
+    page.fill("#seed", "3")
+    body = {"prompt": "once upon a time", "max_tokens": 16000, "seed": 3, "logprobs": 5, "suppress_replacement_tokens":
+            page.is_checked("#suppress"), "top_k": int(page.input_value("#top_k")),
+            **{k: float(page.input_value(f"#{k}")) for k in ("temperature", "top_p", "repetition_penalty")}}  # fmt: skip
+    premise = httpx.post(f"{url}/v1/completions", json=body, timeout=120).json()["choices"][0]
+    assert premise["finish_reason"] == "length", "pick another seed: this one reaches EOS"
+    start = decoded()
     page.keyboard.press("Control+Enter")
     page.wait_for_function("parseInt(document.getElementById('fig-tokens').textContent) > 20", timeout=30_000)
     page.click("#stop")
