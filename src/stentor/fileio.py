@@ -115,25 +115,36 @@ def _no_room(path: Path) -> StentorError:
     )
 
 
+@contextlib.contextmanager
+def _undone_on_failure(path: Path, partial: Path) -> Iterator[None]:
+    """Run the write; if it fails, remove the partial (file or directory), and say a full disk in one line
+    naming `path`."""
+    try:
+        yield
+    except BaseException as exc:
+        full = _out_of_space(exc, partial)
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        if full:
+            raise _no_room(path) from None
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` via a temporary file in the same directory and an atomic rename."""
     path = Path(path)
     parent = ensure_writable_dir(path.parent if str(path.parent) else ".")
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+    tmp_path = Path(tmp)
+    with _undone_on_failure(path, tmp_path):
         os.chmod(tmp, _default_mode(directory=False))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as exc:
-        full = _out_of_space(exc, Path(tmp))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if full:
-            raise _no_room(path) from None
-        raise
     _fsync_dir(parent)
     return path
 
@@ -153,19 +164,12 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
-    try:
+    with _undone_on_failure(path, tmp_path):
         os.chmod(tmp_path, _default_mode(directory=False))
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException as exc:
-        full = _out_of_space(exc, tmp_path)
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        if full:
-            raise _no_room(path) from None
-        raise
     _fsync_dir(parent)
 
 
@@ -179,7 +183,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     parent = ensure_writable_dir(path.parent if str(path.parent) else ".")
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with _undone_on_failure(path, tmp):
         os.chmod(tmp, _default_mode(directory=True))
         yield tmp
         for f in tmp.rglob("*"):
@@ -195,9 +199,3 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException as exc:
-        full = _out_of_space(exc, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full:
-            raise _no_room(path) from None
-        raise

@@ -49,10 +49,13 @@ def config_from_dir(model_dir: str | os.PathLike) -> ModelConfig:
     if not (path / "config.json").is_file():
         raise StentorError(f"{model_dir} is not a model directory (no config.json); give a directory saved by stentor "
                            "or a hub id like StentorLabs/Stentor2-12M")  # fmt: skip
+    from stentor.model.quant_format import is_quantized_dir
+
     raw = read_json(path / "config.json")
-    if raw.get("model_type") != "llama" or "quantization_config" in raw or "stentor_quantization" in raw:
-        raise StentorError(f"{path} holds a {raw.get('model_type', 'unknown')} model{' (quantized)' if 'model_type' in raw else ''}; "
-                           "fine-tuning starts from a float Llama-shaped directory (the one you quantized)")  # fmt: skip
+    if is_quantized_dir(path):
+        raise StentorError(f"{path} is a `stentor quantize` directory; fine-tune the float model it was made from")
+    if raw.get("model_type") != "llama":
+        raise StentorError(f"{path} holds a {raw.get('model_type', 'unknown')!r} model; stentor trains Llama-shaped models")
     rope = raw.get("rope_parameters") or {}
     eos = raw.get("eos_token_id")
     try:

@@ -9,7 +9,6 @@ are generated now, with the settings stated beside them.
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -36,10 +35,11 @@ def _device_watts(device: str) -> tuple[int, str]:
     return CPU_WATTS, f"a CPU at {CPU_WATTS} W"
 
 
-def _curves(run: Path) -> list[dict]:
+def _evals(run: Path) -> list[dict]:
+    """The curves' rows that hold an evaluation, in step order."""
     from stentor.train.curves import read_rows
 
-    return read_rows(run / "training_curves.csv")
+    return [r for r in read_rows(run / "training_curves.csv") if r["eval_loss"]]
 
 
 def _trainer_state(run: Path) -> dict | None:
@@ -70,18 +70,22 @@ def _front_matter(cfg, name: str, tokenizer_kind: str, base_model: str | None, r
     return meta
 
 
-def _training_results(cfg, rows: list[dict], state: dict | None) -> list[dict]:
-    """model-index entries for the run's own validation split, from the curves and the trainer state."""
-    evals = [r for r in rows if r["eval_loss"]]
+def _loss_metrics(kind: str, row: dict) -> list[dict]:
+    """A curves row's eval loss and, when the trainer could write it (not an overflow), its perplexity."""
+    metrics = [{"name": f"{kind} Validation Loss", "type": "loss", "value": round(float(row["eval_loss"]), 4)}]
+    if row["eval_ppl"]:
+        metrics.append({"name": f"{kind} Perplexity", "type": "perplexity", "value": round(float(row["eval_ppl"]), 2)})
+    return metrics
+
+
+def _training_results(cfg, evals: list[dict], state: dict | None) -> list[dict]:
+    """model-index entries for the run's own validation split: its curves' evals (the last, and the best)."""
     if not evals:
         return []
-    final = float(evals[-1]["eval_loss"])
-    metrics = [{"name": "Final Validation Loss", "type": "loss", "value": round(final, 4)},
-               {"name": "Final Perplexity", "type": "perplexity", "value": round(math.exp(final), 2)}]  # fmt: skip
-    if state and state.get("best_eval_loss") is not None:
-        best = state["best_eval_loss"]
-        metrics += [{"name": "Best Validation Loss", "type": "loss", "value": round(best, 4)},
-                    {"name": "Best Perplexity", "type": "perplexity", "value": round(math.exp(best), 2)}]  # fmt: skip
+    metrics = _loss_metrics("Final", evals[-1])
+    best = next((r for r in evals if state and int(r["step"]) == state.get("best_step")), None)
+    if best is not None:
+        metrics += _loss_metrics("Best", best)
     what = "held-out assistant turns" if cfg.task == "chat" else "validation split"
     names = [s.hf_id or Path(s.path).name for s in cfg.data.sources]
     dataset = {"name": f"{', '.join(names)} ({what})", "type": cfg.data.sources[0].hf_id or names[0]}
@@ -108,16 +112,16 @@ def _hyperparameters(cfg, world: int) -> list[str]:
     return ["| Setting | Value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
 
 
-def _evaluation(report: dict | None, rows: list[dict]) -> list[str]:
+def _evaluation(report: dict | None, evals: list[dict]) -> list[str]:
     from stentor.eval.report import BUCKET_LABELS
 
     out = ["## Evaluation", ""]
-    evals = [r for r in rows if r["eval_loss"]]
     if evals:
         first, last = evals[0], evals[-1]
+        ppl = f" (perplexity {float(last['eval_ppl']):.2f})" if last["eval_ppl"] else ""
         out.append(f"Held-out loss during training: {float(first['eval_loss']):.4f} at step {first['step']}"
                    f"{' (before fine-tuning)' if first['note'].startswith('before fine-tuning') else ''}, "
-                   f"{float(last['eval_loss']):.4f} at step {last['step']} (perplexity {math.exp(float(last['eval_loss'])):.2f}).")  # fmt: skip
+                   f"{float(last['eval_loss']):.4f} at step {last['step']}{ppl}.")  # fmt: skip
         out.append("")
     if report is None:
         out += ["_Perplexity, bits per byte and BLiMP are not in this card: no `eval_report.json` in the model "
@@ -178,7 +182,7 @@ def build_card(run_dir: str | Path, *, name: str | None = None, base_model: str 
     cfg = load_run_config(run)
     mcfg = config_from_dir(final)
     name = name or run.name
-    rows, state = _curves(run), _trainer_state(run)
+    evals, state = _evals(run), _trainer_state(run)
     world = (state or {}).get("world_size", 1)
     report_path = final / "eval_report.json"
     report = read_json(report_path, fix="run `stentor eval all` again") if report_path.exists() else None
@@ -187,7 +191,7 @@ def build_card(run_dir: str | Path, *, name: str | None = None, base_model: str 
         base_model = cfg.init_from
     from stentor.eval.report import model_index_results
 
-    results = _training_results(cfg, rows, state)
+    results = _training_results(cfg, evals, state)
     if report:
         results += model_index_results(report.get("perplexity") or [], report.get("blimp"))
     front = yaml.safe_dump(_front_matter(cfg, name, tokenizer_kind, base_model, results, license), sort_keys=False,
@@ -214,7 +218,7 @@ def build_card(run_dir: str | Path, *, name: str | None = None, base_model: str 
         with atomic_file(final / "training_curves.png") as tmp:
             shutil.copyfile(run / "training_curves.png", tmp)
         body += ["![training curves](training_curves.png)", ""]
-    body += _evaluation(report, rows)
+    body += _evaluation(report, evals)
     if samples:
         import stentor
 

@@ -275,20 +275,20 @@ def _apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(text)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML recipe (or start from the card's defaults) and apply `key.sub=value` overrides."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise StentorError(f"config file {path} does not exist; see configs/ for examples")
-        text = read_text(path, fix="fix the recipe or start again from one in configs/")
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise StentorError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise StentorError(f"config file {path} holds a YAML {type(raw).__name__}, not the sections of a recipe")
+def _read_recipe(path: Path) -> dict:
+    if not path.is_file():
+        raise StentorError(f"config file {path} does not exist; see configs/ for examples")
+    text = read_text(path, fix="fix the recipe or start again from one in configs/")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise StentorError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise StentorError(f"config file {path} holds a YAML {type(raw).__name__}, not the sections of a recipe")
+    return raw
+
+
+def _from_recipe(raw: dict, path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     for assignment in overrides:
         _apply_override(raw, assignment)
     if path is None:
@@ -299,14 +299,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise StentorError(f"{path}{' with the --set values' if overrides else ''}: {exc}") from None
 
 
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML recipe (or start from the card's defaults) and apply `key.sub=value` overrides."""
+    path = Path(path) if path is not None else None
+    return _from_recipe(_read_recipe(path) if path is not None else {}, path, overrides)
+
+
 def load_run_config(run_dir: str | Path) -> TrainConfig:
     """The resolved recipe a run directory was started with."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise StentorError(f"{run_dir} is not a stentor run directory ({CONFIG_FILE} missing); give the --out of a run")
-    cfg = load_config(path)
-    missing = [k for k in _missing_keys(cfg.to_dict(), yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-               if k not in ADDED_LATER]  # fmt: skip
+    raw = _read_recipe(path)
+    cfg = _from_recipe(raw, path)  # no overrides: raw stays as read
+    missing = [k for k in _missing_keys(cfg.to_dict(), raw) if k not in ADDED_LATER]
     if missing:  # a run's config lists every setting: a cut file must not resume on the card's defaults
         raise StentorError(f"{path} is damaged: it lacks {', '.join(missing[:3])}; restore it, or start a new run")
     return cfg

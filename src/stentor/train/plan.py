@@ -6,9 +6,8 @@ All numbers come from the config alone (no data, no model weights), so a plan fo
 
 from __future__ import annotations
 
-import re
-
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
