@@ -218,12 +218,17 @@ def test_stop_ends_the_stream_and_the_server_stops_decoding(page, server):
     assert premise["finish_reason"] == "length", "pick another seed: this one reaches EOS"
     start = decoded()
     page.keyboard.press("Control+Enter")
-    page.wait_for_function("parseInt(document.getElementById('fig-tokens').textContent) > 20", timeout=30_000)
+    tokens_past = lambda n: page.wait_for_function(  # noqa: E731
+        f"parseInt(document.getElementById('fig-tokens').textContent) > {n}", timeout=60_000)
+    tokens_past(20)
+    early = page.locator("#stop").bounding_box()
+    tokens_past(400)  # many lines of text later: Stop has not moved from under the pointer
+    assert page.locator("#stop").bounding_box() == early
     page.click("#stop")
     wait_idle(page, 0)
     status = page.text_content("#status")
     assert status.startswith("stopped after ")
-    assert 20 <= int(status.split()[2]) < 16000
+    assert 400 <= int(status.split()[2]) < 16000
     last, deadline = decoded(), time.monotonic() + 20
     while time.monotonic() < deadline:  # the server notices the closed stream within a step or two
         time.sleep(0.5)
@@ -237,6 +242,7 @@ def test_stop_ends_the_stream_and_the_server_stops_decoding(page, server):
 def test_chat_keeps_the_turns(page):
     page.click("#mode-chat")
     assert page.is_visible("#chat-pane") and "base model" in page.text_content("#chat-pane .note")
+    actions = page.locator("#actions").bounding_box()
     for turn, message in enumerate(["hello there", "tell me about the cat"], start=1):
         page.fill("#message", message)
         page.fill("#max_tokens", "20")
@@ -247,6 +253,7 @@ def test_chat_keeps_the_turns(page):
         bubbles = page.query_selector_all("#transcript .message")
         assert len(bubbles) == 2 * turn
         assert message in bubbles[-2].text_content() and "model" in bubbles[-1].text_content()
+        assert page.locator("#actions").bounding_box() == actions  # a longer transcript scrolls, the buttons stay
     page.click("#new-chat")
     assert page.query_selector_all("#transcript .message") == []
 

@@ -251,29 +251,46 @@ async function generate() {
   let count = 0;
   let reply = "";
   let finish = null;
+  // Tokens arrive far faster than frames: they are buffered and drawn once per frame, into one text node,
+  // so a long answer costs one layout per frame rather than one per token (which froze the page).
+  const shown = document.createTextNode("");
+  target.append(shown);
+  const scroller = chat ? $("transcript") : target;
+  let textDue = "";
+  let chipsDue = [];
+  let frame = 0;
+  const draw = () => {
+    frame = 0;
+    if (textDue) {
+      const following = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 8;
+      shown.appendData(textDue);
+      textDue = "";
+      if (following) scroller.scrollTop = scroller.scrollHeight; // unless the reader scrolled up
+    }
+    if (chipsDue.length) {
+      const fragment = document.createDocumentFragment();
+      for (const token of chipsDue) fragment.append(chip(token));
+      tokenBox.append(fragment);
+      chipsDue = [];
+    }
+    figures(count, started, first);
+  };
   try {
     for await (const chunk of server.stream(path, body, controller.signal)) {
       const choice = chunk.choices[0];
       const text = chat ? (choice.delta && choice.delta.content) || "" : choice.text || "";
       const tokens = tokensOf(choice, chat);
       if (tokens.length && first === null) first = performance.now();
-      if (text) {
-        reply += text;
-        target.append(document.createTextNode(text));
-        target.scrollTop = target.scrollHeight;
-      }
-      if (tokens.length) {
-        const fragment = document.createDocumentFragment();
-        for (const token of tokens) fragment.append(chip(token));
-        tokenBox.append(fragment);
-        count += tokens.length;
-      }
+      reply += text;
+      textDue += text;
+      chipsDue.push(...tokens);
+      count += tokens.length;
       if (choice.finish_reason) finish = choice.finish_reason;
       if (choice.speculative) {
         const s = choice.speculative;
         $("fig-draft").textContent = `${(s.acceptance_rate * 100).toFixed(1)}% (${s.accepted}/${s.proposed})`;
       }
-      figures(count, started, first);
+      if (!frame) frame = requestAnimationFrame(draw);
     }
     if (controller.signal.aborted) setStatus(`stopped after ${count} tokens`);
     else setStatus(finish === "stop" ? "the model ended its text" : finish === "length" ? "reached max new tokens" : "done");
@@ -286,10 +303,11 @@ async function generate() {
       target.remove();
       state.messages.pop();
     }
+    if (frame) cancelAnimationFrame(frame);
+    draw(); // what is still buffered (frames do not run in a hidden tab)
     state.controller = null;
     $("generate").disabled = false;
     $("stop").disabled = true;
-    figures(count, started, first);
     document.body.dataset.runs = String(Number(document.body.dataset.runs || 0) + 1); // for scripts driving the page
   }
 }
