@@ -199,3 +199,38 @@ def test_reuse_needs_no_network_for_hub_sources(tmp_path, tokenizer, make_docs, 
     assert prepare_data(hub_cfg, tokenizer, tmp_path / "o").train_tokens.tolist() == local.train_tokens.tolist()
     with pytest.raises(StentorError, match="cannot stream hub dataset"):
         prepare_data(hub_cfg, tokenizer, tmp_path / "other")
+
+
+def test_waiting_processes_take_the_main_processs_preparation_and_refuse_another(tmp_path, tokenizer, make_docs):
+    """Ranks other than 0 wait for meta.json instead of a barrier. A stale meta.json of another preparation
+    does not satisfy them; a new one of another preparation (files that differ between machines) is an error."""
+    import threading
+
+    from stentor.data import wait_for_prepared
+
+    path = write_jsonl(tmp_path / "d.jsonl", make_docs(120))
+    out = tmp_path / "out"
+    prepare_data(config(path, val_docs=10), tokenizer, out, num_workers=0)  # stale: another val split
+    wanted, got = config(path), {}
+    waiter = threading.Thread(target=lambda: got.update(data=wait_for_prepared(wanted, tokenizer, out, poll_s=0.05)))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive()  # the stale preparation is not taken
+    made = prepare_data(wanted, tokenizer, out, num_workers=0)
+    waiter.join(timeout=10)
+    assert got["data"].train_tokens.tolist() == made.train_tokens.tolist()
+
+    errors = []
+
+    def wait_for_other():
+        try:
+            wait_for_prepared(config(path, val_docs=30), tokenizer, out, poll_s=0.05)
+        except StentorError as exc:
+            errors.append(str(exc))
+
+    waiter = threading.Thread(target=wait_for_other)
+    waiter.start()
+    time.sleep(0.3)
+    prepare_data(config(path, val_docs=40), tokenizer, out, num_workers=0)
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and "prepared other data" in errors[0] and "shared filesystem" in errors[0]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 from serving import free_port
-from train_helpers import REPO, stentor_env, tiny_recipe, write_recipe
+from train_helpers import REPO, make_corpus, stentor_env, tiny_recipe, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -69,3 +70,30 @@ def test_fewer_eval_blocks_than_processes_do_not_hang(corpus_and_tokenizer, tmp_
     assert result.returncode == 0, result.stderr[-4000:]
     with open(tmp_path / "run" / "training_curves.csv", newline="") as f:
         assert [r["step"] for r in csv.DictReader(f) if r["eval_loss"]] == ["1", "2"]
+
+
+def test_rank1_waits_for_the_data_on_the_files_not_in_a_collective(corpus_and_tokenizer, tmp_path):
+    """Rank 0 tokenizes for longer than the process-group timeout. Rank 1 used to wait in a barrier, which
+    timed out (NCCL's 10 minutes against hours of streaming on a real run); it waits for meta.json now."""
+    _, tokenizer = corpus_and_tokenizer
+    recipe = tiny_recipe(make_corpus(tmp_path / "big.jsonl", docs=60_000), tokenizer)
+    recipe["prepare_workers"], recipe["ddp_timeout"] = 0, 3
+    path = write_recipe(tmp_path / "mp.yaml", recipe)
+    script = tmp_path / "build.py"
+    script.write_text(
+        "import sys, time\n"
+        "from stentor.train.config import load_config\n"
+        "from stentor.train.trainer import Trainer\n"
+        "t0 = time.monotonic()\n"
+        "trainer = Trainer(load_config(sys.argv[1]), sys.argv[2])\n"
+        "trainer.acc.wait_for_everyone()\n"
+        "print(f'rank {trainer.rank} ready after {time.monotonic() - t0:.1f} s', flush=True)\n"
+    )
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           str(script), str(path), str(tmp_path / "run")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=stentor_env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ready = dict(re.findall(r"rank (\d) ready after ([\d.]+) s", result.stdout))  # the ranks' lines may interleave
+    assert set(ready) == {"0", "1"}, result.stdout
+    assert float(ready["1"]) > 3  # it waited past the timeout, and no collective failed

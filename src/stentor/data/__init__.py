@@ -15,6 +15,7 @@ _EXPORTS = {
     "DataConfig": "stentor.data.prepare",
     "PreparedData": "stentor.data.prepare",
     "prepare_data": "stentor.data.prepare",
+    "wait_for_prepared": "stentor.data.prepare",
     "SourceSpec": "stentor.data.sources",
     "IGNORE_INDEX": "stentor.data.packing",
     "PackedBlocks": "stentor.data.packing",

@@ -401,6 +401,33 @@ def prepare_data(cfg: DataConfig, tokenizer, out_dir: str | os.PathLike, num_wor
     return PreparedData.load(out_dir)
 
 
+def wait_for_prepared(cfg: DataConfig, tokenizer, out_dir: str | os.PathLike, poll_s: float = 1.0) -> PreparedData:
+    """What the processes that do not prepare the data do meanwhile: wait for `out_dir/meta.json` with this
+    preparation's fingerprint, watching the filesystem rather than sitting in a collective (a barrier times
+    out under NCCL's 10 minutes while rank 0 streams and tokenizes hundreds of millions of tokens). If the
+    main process dies, the launcher ends this one too."""
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "meta.json"
+    fingerprint = _fingerprint(cfg, tokenizer_hash(tokenizer))
+    stamp = lambda: meta_path.stat().st_mtime_ns if meta_path.exists() else None  # noqa: E731
+    first = stamp()  # a meta.json already there may be an older preparation that the main process replaces
+    start = said = time.monotonic()
+    while True:
+        written = stamp()
+        meta = _read_meta(out_dir)
+        if meta is not None and meta.get("fingerprint") == fingerprint:
+            return PreparedData.load(out_dir)
+        if meta is not None and written != first:
+            raise StentorError(
+                f"the main process prepared other data in {out_dir} than this process expects (another config, "
+                "tokenizer or source files): on several machines the sources must be the same files, on a shared filesystem"
+            )
+        if time.monotonic() - said >= 60:
+            said = time.monotonic()
+            log.info("waiting for the main process to prepare the data in %s (%.0f min so far)", out_dir, (said - start) / 60)
+        time.sleep(poll_s)
+
+
 def _tokenize(cfg: DataConfig, tokenizer, dtype: np.dtype, work: Path, progress: dict[str, Any], num_workers: int | None) -> None:
     """Encode the remaining chunks in order, writing one shard and one progress record per chunk."""
     caps = {"train": cfg.source_token_budget, "val": cfg.max_val_tokens}

@@ -26,7 +26,7 @@ SCHEDULERS = ("cosine", "wsd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TASKS = ("pretrain", "chat")
 # Keys a run's config.yaml written before they existed lacks; such runs used their defaults.
-ADDED_LATER = {"init_from", "task", "lora"}
+ADDED_LATER = {"init_from", "task", "lora", "ddp_timeout"}
 
 
 @dataclass
@@ -150,6 +150,9 @@ class TrainConfig:
     # assistant turns only, one conversation per row.
     task: str = "pretrain"
     lora: LoraSection = field(default_factory=LoraSection)
+    # Seconds a process waits in a collective before the run fails (HF TrainingArguments' name and unit).
+    # Hours, not NCCL's 10 minutes: a save or an eval on rank 0 can keep the others waiting that long.
+    ddp_timeout: int = 3 * 3600
 
     def __post_init__(self) -> None:
         validate(self)
@@ -202,6 +205,7 @@ def validate(cfg: TrainConfig) -> None:
              f"precision.mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {p.mixed_precision!r})")
     _require(p.critical_layers >= 0, f"precision.critical_layers must be >= 0 (got {p.critical_layers})")
     _require(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)} (got {cfg.task!r})")
+    _require(cfg.ddp_timeout > 0, f"ddp_timeout must be a positive number of seconds (got {cfg.ddp_timeout})")
     lo = cfg.lora
     _require(lo.r >= 0 and lo.alpha > 0 and 0 <= lo.dropout < 1 and len(lo.target_modules) > 0,
              f"lora: r must be >= 0 (0 = off), alpha > 0, dropout in [0, 1), target_modules not empty (got {lo})")

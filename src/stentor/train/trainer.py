@@ -9,6 +9,7 @@ scaler/RNG states this makes a resumed run reproduce the uninterrupted one exact
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -79,6 +80,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False, tensorboard: bool = False):
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -93,7 +95,8 @@ class Trainer:
         # Launched as several processes on a machine without CUDA (accelerate launch --multi_gpu, torchrun):
         # run them as CPU processes over gloo instead of letting each one train alone.
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.acc = Accelerator(mixed_precision=cfg.precision.mixed_precision, cpu=cpu_group)
+        group = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
+        self.acc = Accelerator(mixed_precision=cfg.precision.mixed_precision, cpu=cpu_group, kwargs_handlers=[group])
         if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
             # Our checkpoints save the full model and one optimizer state: right for DDP, wrong for sharded states.
             raise StentorError(
@@ -148,12 +151,14 @@ class Trainer:
     # ---- setup -----------------------------------------------------------------------------------
 
     def _load_text(self) -> None:
-        from stentor.data import PackedBlocks, prepare_data
+        from stentor.data import PackedBlocks, prepare_data, wait_for_prepared
 
         cfg = self.cfg
         prepared_dir = Path(cfg.prepared_dir) if cfg.prepared_dir else self.run_dir / "data"
-        with self.acc.main_process_first():  # rank 0 tokenizes; the others then find meta.json and reuse it
+        if self.is_main:  # rank 0 tokenizes; the others wait for its meta.json, outside any collective
             data = prepare_data(cfg.data, self.tokenizer, prepared_dir, num_workers=cfg.prepare_workers)
+        else:
+            data = wait_for_prepared(cfg.data, self.tokenizer, prepared_dir)
         if len(data.val_tokens) == 0:
             raise StentorError("no validation tokens: set data.val_docs > 0 so the run can be evaluated")
         self.train_blocks = PackedBlocks(data.train_tokens, cfg.batch.block_size, self.mcfg.eos_token_id)
