@@ -114,7 +114,7 @@ def main() -> None:
 
     def ours(step: int) -> None:
         i = step % n_batches
-        trainer.train_step([trainer._batch(range(i * bs, (i + 1) * bs))])
+        trainer.train_step([trainer.feeder.batch(range(i * bs, (i + 1) * bs))])
 
     def timed(fn, start: int) -> float:
         if device.type == "cuda":

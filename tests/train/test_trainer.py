@@ -68,7 +68,7 @@ def test_non_finite_step_is_never_applied_and_is_counted(recipe, tmp_path):
     # Directly: a poisoned step leaves weights and optimizer state untouched; the next one applies.
     before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
     opt_state = {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.optimizer.state.values())}
-    batches = [trainer._batch(range(i * 4, i * 4 + 4)) for i in range(2)]
+    batches = [trainer.feeder.batch(range(i * 4, i * 4 + 4)) for i in range(2)]
     hook = embed.register_forward_hook(NaNOnCalls({1}))
     loss, applied = trainer.train_step(batches)
     assert not applied and not torch.isfinite(loss)
@@ -161,7 +161,7 @@ def test_training_and_eval_forwards_build_no_kv_cache(recipe, tmp_path):
     trainer = Trainer(load_config(recipe(tmp_path, schedule={"max_train_steps": 2})), tmp_path / "run")
     caches = []
     hook = trainer.raw_model.model.register_forward_hook(lambda m, a, out: caches.append(out.past_key_values))
-    trainer.train_step([trainer._batch(range(4))])
+    trainer.train_step([trainer.feeder.batch(range(4))])
     trainer.evaluate()
     hook.remove()
     assert caches and all(c is None for c in caches)  # a cache per layer per step is only memory in training
@@ -197,7 +197,32 @@ def test_the_training_forward_returns_the_loss_alone_so_no_logits_are_upcast(rec
     trainer = Trainer(cfg, tmp_path / "run")
     seen = []
     hook = trainer.raw_model.register_forward_hook(lambda m, a, out: seen.append(out.logits.dtype))
-    out = trainer.model(**trainer._batch(range(4)))
+    out = trainer.model(**trainer.feeder.batch(range(4)))
     hook.remove()
     assert seen == [torch.bfloat16] and out.dim() == 0  # bf16 logits inside; only the scalar leaves (and is upcast)
     assert isinstance(trainer.loss_model, LossOnly) and trainer.raw_model is trainer.loss_model.lm
+
+
+def test_batches_built_ahead_train_exactly_as_batches_built_in_place(recipe, tmp_path):
+    """batch.prefetch builds each next step's batches on a thread (the default on CUDA). Forced on here, across
+    epoch ends and a stop + resume (where the step built ahead is not the one asked for), the run is the same."""
+    curves = {}
+    for prefetch in (False, True):
+        run = tmp_path / f"run-{prefetch}"
+        trainer = Trainer(load_config(recipe(tmp_path, batch={"prefetch": prefetch})), run)
+        calls = []
+
+        def stop_at_step_7(module, args, output, trainer=trainer):
+            calls.append(1)
+            if len(calls) == 7 * 2:  # two micro-batches a step
+                trainer.stop_requested = True
+
+        trainer.raw_model.get_input_embeddings().register_forward_hook(stop_at_step_7)
+        assert trainer.fit().interrupted and trainer.state.step == 7
+        resumed = Trainer.resume(run)
+        resumed.fit()
+        assert (resumed.feeder._pool is not None) == prefetch and resumed.feeder.steps == resumed.total_steps - 7
+        assert resumed.total_steps > resumed.steps_per_epoch  # the run crossed an epoch end
+        with open(run / "training_curves.csv", newline="") as f:
+            curves[prefetch] = [(r["step"], r["train_loss"], r["eval_loss"]) for r in csv.DictReader(f)]
+    assert curves[True] == curves[False] and len(curves[True]) == resumed.total_steps

@@ -26,7 +26,7 @@ SCHEDULERS = ("cosine", "wsd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TASKS = ("pretrain", "chat")
 # Keys a run's config.yaml written before they existed lacks; such runs used their defaults.
-ADDED_LATER = {"init_from", "task", "lora", "ddp_timeout"}
+ADDED_LATER = {"init_from", "task", "lora", "ddp_timeout", "batch.prefetch", "precision.tf32"}
 
 
 @dataclass
@@ -45,6 +45,9 @@ class BatchSection:
     block_size: int = 1024
     # Only used to plan (`--dry-run`) before any process is launched; a real run counts its processes.
     world_size: int = 2
+    # Build the next step's batches on a thread while this one computes (pinned memory on CUDA).
+    # None = on CUDA only: on a CPU the thread takes time from the step's own cores.
+    prefetch: bool | None = None
 
 
 @dataclass
@@ -109,6 +112,8 @@ class PrecisionSection:
     t4_recipe: bool = True
     critical_layers: int = 2
     compile: bool = False
+    # TF32 for fp32 matmuls on Ampere and newer GPUs: faster, but the T4 recipe's FP32 layers then lose mantissa.
+    tf32: bool = False
     # Peak FLOP/s of one device for MFU when the device is not in our table (e.g. a CPU); None = omit MFU.
     peak_tflops: float | None = None
 

@@ -104,6 +104,8 @@ class Trainer:
                 "launch without the FSDP/DeepSpeed accelerate config (a Stentor2-class model fits one GPU)"
             )
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        if self.acc.device.type == "cuda":  # "high" = TF32 on Ampere+; fp32 matmuls otherwise stay IEEE fp32
+            torch.set_float32_matmul_precision("high" if cfg.precision.tf32 else "highest")
         self.is_main = self.acc.is_main_process
         if cfg.precision.mixed_precision == "fp16" and self.acc.device.type != "cuda" and self.is_main:
             log.warning("fp16 needs a CUDA GPU; on %s this run computes in fp32 (bf16 autocast works on CPU)", self.acc.device)
@@ -141,6 +143,10 @@ class Trainer:
         if self.is_main:
             log.info("%s steps/epoch -> %s steps", f"{self.steps_per_epoch:,}", f"{self.total_steps:,}")
         self._build_model()
+        from stentor.train.feed import StepFeeder
+
+        prefetch = b.prefetch if b.prefetch is not None else self.acc.device.type == "cuda"
+        self.feeder = StepFeeder(self.train_blocks, self.mcfg.pad_token_id, self.acc.device, prefetch=prefetch)
         self.state = TrainerState(world_size=self.world)
         self.stop_requested = False
 
@@ -263,13 +269,10 @@ class Trainer:
 
     # ---- one optimizer step ----------------------------------------------------------------------
 
-    def _batch(self, indices) -> dict[str, torch.Tensor]:
-        from stentor.data import collate_blocks
-
-        batch = collate_blocks([self.train_blocks[int(i)] for i in indices], self.mcfg.pad_token_id)
-        if bool(batch["attention_mask"].all()):  # full packed blocks: no mask lets SDPA take its causal fast path
-            del batch["attention_mask"]
-        return {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
+    def _step_groups(self, order: np.ndarray, micro: int) -> list[np.ndarray]:
+        """The block indices of each micro-batch of the step that starts at `micro` in this epoch's order."""
+        bs, accum = self.cfg.batch.per_device_train_batch_size, self.cfg.batch.gradient_accumulation_steps
+        return [order[(micro + i) * bs : (micro + i + 1) * bs] for i in range(accum)]
 
     def train_step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, bool]:
         """Forward/backward over the micro-batches, clip, step. Returns (mean loss, applied).
@@ -416,12 +419,11 @@ class Trainer:
                 if order_epoch != st.epoch:  # one permutation per epoch, not per step (ms at the card's 234K blocks)
                     order, order_epoch = epoch_blocks(len(self.train_blocks), cfg.seed, st.epoch, self.rank, self.world), st.epoch
                 m = st.micro_in_epoch
-                span = slice(m * b.per_device_train_batch_size, (m + accum) * b.per_device_train_batch_size)
                 if cfg.logging.record_data_order:
-                    self._record_order(order, span.start, span.stop)
-                idx = order[span]
-                batches = [self._batch(idx[i * b.per_device_train_batch_size : (i + 1) * b.per_device_train_batch_size])
-                           for i in range(accum)]
+                    self._record_order(order, m * b.per_device_train_batch_size, (m + accum) * b.per_device_train_batch_size)
+                batches = self.feeder.get((st.epoch, m), self._step_groups(order, m))
+                if m + 2 * accum <= self.micro_per_epoch and st.step + 1 < self.total_steps:  # the next step, same epoch
+                    self.feeder.ahead((st.epoch, m + accum), self._step_groups(order, m + accum))
                 loss, applied = self.train_step(batches)
                 if self.world > 1:
                     loss = self.acc.reduce(loss, reduction="mean")
@@ -497,6 +499,7 @@ class Trainer:
                         tqdm.write(f"stentor: stopped at step {st.step}; continue with: stentor train --resume {self.run_dir}")
                     return self._result(None, interrupted=True)
         finally:
+            self.feeder.close()
             bar.close()
             signal.signal(signal.SIGINT, previous)
             if getattr(self, "tb", None) is not None:
