@@ -210,6 +210,9 @@ def validate(cfg: TrainConfig) -> None:
              f"precision.mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {p.mixed_precision!r})")
     _require(p.critical_layers >= 0, f"precision.critical_layers must be >= 0 (got {p.critical_layers})")
     _require(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)} (got {cfg.task!r})")
+    from stentor.model.presets import get_preset
+
+    get_preset(cfg.model.preset)  # an unknown name fails here, where the error names the recipe
     _require(cfg.ddp_timeout > 0, f"ddp_timeout must be a positive number of seconds (got {cfg.ddp_timeout})")
     lo = cfg.lora
     _require(lo.r >= 0 and lo.alpha > 0 and 0 <= lo.dropout < 1 and len(lo.target_modules) > 0,
