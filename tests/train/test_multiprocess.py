@@ -73,11 +73,12 @@ def test_fewer_eval_blocks_than_processes_do_not_hang(corpus_and_tokenizer, tmp_
 
 
 def test_rank1_waits_for_the_data_on_the_files_not_in_a_collective(corpus_and_tokenizer, tmp_path):
-    """Rank 0 tokenizes for longer than the process-group timeout. Rank 1 used to wait in a barrier, which
+    """Rank 0 tokenizes for longer than the process-group timeout (and the model is compiled around DDP). Rank 1 used to wait in a barrier, which
     timed out (NCCL's 10 minutes against hours of streaming on a real run); it waits for meta.json now."""
     _, tokenizer = corpus_and_tokenizer
     recipe = tiny_recipe(make_corpus(tmp_path / "big.jsonl", docs=60_000), tokenizer)
     recipe["prepare_workers"], recipe["ddp_timeout"] = 0, 3
+    recipe["precision"]["compile"] = True  # compiling is lazy: nothing compiles until a forward, none runs here
     path = write_recipe(tmp_path / "mp.yaml", recipe)
     script = tmp_path / "build.py"
     script.write_text(
@@ -88,6 +89,8 @@ def test_rank1_waits_for_the_data_on_the_files_not_in_a_collective(corpus_and_to
         "trainer = Trainer(load_config(sys.argv[1]), sys.argv[2])\n"
         "trainer.acc.wait_for_everyone()\n"
         "print(f'rank {trainer.rank} ready after {time.monotonic() - t0:.1f} s', flush=True)\n"
+        "inner = getattr(trainer.model, '_orig_mod', None) or trainer.model.module\n"
+        "print(f'rank {trainer.rank} wraps {type(trainer.model).__name__}({type(inner).__name__})', flush=True)\n"
     )
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
@@ -97,3 +100,6 @@ def test_rank1_waits_for_the_data_on_the_files_not_in_a_collective(corpus_and_to
     ready = dict(re.findall(r"rank (\d) ready after ([\d.]+) s", result.stdout))  # the ranks' lines may interleave
     assert set(ready) == {"0", "1"}, result.stdout
     assert float(ready["1"]) > 3  # it waited past the timeout, and no collective failed
+    # torch.compile wraps the DDP model, so the gradient all-reduce can overlap the compiled backward; compiled
+    # before accelerate's prepare, DDP wrapped the compiled module instead (DistributedDataParallel(OptimizedModule)).
+    assert sorted(re.findall(r"rank \d wraps (\w+\(\w+\))", result.stdout)) == ["OptimizedModule(DistributedDataParallel)"] * 2

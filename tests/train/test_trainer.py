@@ -226,3 +226,16 @@ def test_batches_built_ahead_train_exactly_as_batches_built_in_place(recipe, tmp
         with open(run / "training_curves.csv", newline="") as f:
             curves[prefetch] = [(r["step"], r["train_loss"], r["eval_loss"]) for r in csv.DictReader(f)]
     assert curves[True] == curves[False] and len(curves[True]) == resumed.total_steps
+
+
+def test_the_epoch_order_is_computed_once_per_epoch_not_per_step(recipe, tmp_path, monkeypatch):
+    """The permutation of all blocks costs ms at the card's 234K blocks; it was rebuilt on every step."""
+    import stentor.train.trainer as trainer_module
+
+    calls = []
+    real = trainer_module.epoch_blocks
+    monkeypatch.setattr(trainer_module, "epoch_blocks", lambda *args: calls.append(args[2]) or real(*args))
+    trainer = Trainer(load_config(recipe(tmp_path, checkpoint={"save_steps": None})), tmp_path / "run")
+    trainer.fit()
+    assert trainer.total_steps > trainer.steps_per_epoch  # the run crossed an epoch end
+    assert calls == [0, 1]  # epochs, not steps
