@@ -39,14 +39,19 @@ def target_only(model, prompt: list[int], new_tokens: int, sample: bool) -> tupl
     return out[0, len(prompt) :].tolist(), time.perf_counter() - start, time.process_time() - cpu
 
 
-def engine_only(engine, prompt: list[int], new_tokens: int, sample: bool, seed: int) -> tuple[list[int], float, float]:
-    """Target-alone decoding on the compiled runtime: (new tokens, wall seconds, process CPU seconds)."""
+def bench_params(new_tokens: int, sample: bool, seed: int):
+    """Greedy without the card's penalty, or the card's sampling with top-k off; a fixed length, no EOS stop."""
     from stentor.infer.sampling import SamplingParams
 
-    params = (SamplingParams(greedy=True, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
-              if not sample else SamplingParams(top_k=0, seed=seed, max_new_tokens=new_tokens, stop_at_eos=False))  # fmt: skip
+    if sample:
+        return SamplingParams(top_k=0, seed=seed, max_new_tokens=new_tokens, stop_at_eos=False)
+    return SamplingParams(greedy=True, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
+
+
+def engine_only(engine, prompt: list[int], new_tokens: int, sample: bool, seed: int) -> tuple[list[int], float, float]:
+    """Target-alone decoding on the compiled runtime: (new tokens, wall seconds, process CPU seconds)."""
     start, cpu = time.perf_counter(), time.process_time()
-    tokens = [step.tokens[0] for step in engine.generate([prompt], params)]
+    tokens = [step.tokens[0] for step in engine.generate([prompt], bench_params(new_tokens, sample, seed))]
     return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -70,7 +75,6 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from stentor.eval.loading import load_model, load_tokenizer
-    from stentor.infer.sampling import SamplingParams
     from stentor.infer.speculative import SpeculativeStats, check_compatible, speculative_generate
 
     hf_logging.disable_progress_bar()
@@ -98,23 +102,21 @@ def main() -> None:
     print(f"{'mode':<8}{'k':>9}{'accept':>9}{'tok/call':>10}{'tok/s':>8}{'base':>8}{'wall x':>8}{'CPU x':>7}")
     for mode in ("greedy", "sampled"):
         base_wall = base_cpu = 0.0
+        baseline = []
         for i, prompt in enumerate(prompts):
-            _, wall, cpu = alone(prompt, mode == "sampled", i)
+            tokens, wall, cpu = alone(prompt, mode == "sampled", i)
             base_wall, base_cpu = base_wall + wall, base_cpu + cpu
+            baseline.append(tokens)
         for k in args.k:
             k_value = k if k == "adaptive" else int(k)
             total, cpu = SpeculativeStats(), 0.0
             for i, prompt in enumerate(prompts):
-                params = (
-                    SamplingParams(greedy=True, repetition_penalty=1.0, max_new_tokens=args.new_tokens, stop_at_eos=False)
-                    if mode == "greedy"
-                    else SamplingParams(top_k=0, seed=i, max_new_tokens=args.new_tokens, stop_at_eos=False)
-                )
+                params = bench_params(args.new_tokens, mode == "sampled", i)
                 start = time.process_time()
                 result = speculative_generate(target, draft, prompt, k_value, params=params)
                 cpu += time.process_time() - start
                 if mode == "greedy":
-                    assert result.tokens == alone(prompt, False)[0], "greedy mismatch"
+                    assert result.tokens == baseline[i], "greedy mismatch"
                 for name in ("new_tokens", "target_calls", "proposed", "accepted", "seconds"):
                     setattr(total, name, getattr(total, name) + getattr(result.stats, name))
             print(

@@ -107,8 +107,8 @@ def island_hooks(trainer: Trainer) -> tuple[dict, list]:
 
 
 def run_steps(trainer: Trainer, steps: int, warmup: int, max_seconds: float = math.inf) -> dict:
-    """Up to `steps` optimizer steps as `Trainer.fit` takes them (batches built ahead, one sync per step for the
-    finite check), fewer when `max_seconds` run out (a T4 is ~20x slower than an H100); the rate, peak memory
+    """Up to `steps` optimizer steps as `Trainer.fit` takes them (`Trainer.step_batches`, one sync per step for
+    the finite check), cycling through epoch 0's order, fewer when `max_seconds` run out (a T4 is ~20x slower than an H100); the rate, peak memory
     and host time are measured after `warmup` steps."""
     from stentor.train.trainer import epoch_blocks
 
@@ -124,11 +124,7 @@ def run_steps(trainer: Trainer, steps: int, warmup: int, max_seconds: float = ma
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             trainer.feeder.wait_seconds, t0 = 0.0, time.perf_counter()
-        m = (step % micro_steps) * b.gradient_accumulation_steps
-        batches = trainer.feeder.get(m, trainer._step_groups(order, m))
-        nxt = ((step + 1) % micro_steps) * b.gradient_accumulation_steps
-        trainer.feeder.ahead(nxt, trainer._step_groups(order, nxt))
-        loss, applied = trainer.train_step(batches)
+        loss, applied = trainer.train_step(trainer.step_batches(order, 0, (step % micro_steps) * b.gradient_accumulation_steps))
         losses.append(loss)
         skipped += not applied
         if trainer.acc.scaler is not None:
@@ -147,17 +143,12 @@ def run_steps(trainer: Trainer, steps: int, warmup: int, max_seconds: float = ma
     if scales:
         history = [float(s) for s in scales]
         out["scale_history"] = [history[0]] + [s for prev, s in zip(history, history[1:]) if s != prev]
-    peak = environment_peak(trainer)
+    from stentor.train.plan import peak_flops
+
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     if peak:
         out["mfu_pct"] = 100 * out["tokens_per_s"] * trainer.plan.flops_per_token / peak
     return out
-
-
-def environment_peak(trainer: Trainer) -> float | None:
-    from stentor.train.plan import peak_flops
-
-    device = trainer.acc.device
-    return peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 def _max_rss() -> int:

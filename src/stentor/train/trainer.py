@@ -274,6 +274,15 @@ class Trainer:
         bs, accum = self.cfg.batch.per_device_train_batch_size, self.cfg.batch.gradient_accumulation_steps
         return [order[(micro + i) * bs : (micro + i + 1) * bs] for i in range(accum)]
 
+    def step_batches(self, order: np.ndarray, epoch: int, micro: int) -> list[dict[str, torch.Tensor]]:
+        """The micro-batches of the step starting at `micro` of `epoch`; the next step of the same epoch
+        starts building meanwhile (with batch.prefetch)."""
+        batches = self.feeder.get((epoch, micro), self._step_groups(order, micro))
+        following = micro + self.cfg.batch.gradient_accumulation_steps
+        if following + self.cfg.batch.gradient_accumulation_steps <= self.micro_per_epoch:
+            self.feeder.ahead((epoch, following), self._step_groups(order, following))
+        return batches
+
     def train_step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, bool]:
         """Forward/backward over the micro-batches, clip, step. Returns (mean loss, applied).
 
@@ -421,10 +430,7 @@ class Trainer:
                 m = st.micro_in_epoch
                 if cfg.logging.record_data_order:
                     self._record_order(order, m * b.per_device_train_batch_size, (m + accum) * b.per_device_train_batch_size)
-                batches = self.feeder.get((st.epoch, m), self._step_groups(order, m))
-                if m + 2 * accum <= self.micro_per_epoch and st.step + 1 < self.total_steps:  # the next step, same epoch
-                    self.feeder.ahead((st.epoch, m + accum), self._step_groups(order, m + accum))
-                loss, applied = self.train_step(batches)
+                loss, applied = self.train_step(self.step_batches(order, st.epoch, m))
                 if self.world > 1:
                     loss = self.acc.reduce(loss, reduction="mean")
                 st.step += 1
