@@ -1,4 +1,4 @@
-"""Deployment: int8/int4 CPU quantization, GGUF (llama.cpp) and ONNX (onnxruntime) export.
+"""Deployment: int8/int4 CPU quantization, GGUF (llama.cpp), ONNX (onnxruntime) and web-page export.
 
     from stentor.export import quantize_dir, load_quantized, export_gguf, export_onnx
     quantize_dir("runs/mini/final", "runs/mini/int8", "int8")
@@ -12,6 +12,7 @@ from stentor.lazy import lazy_exports
 from stentor.model.quant_format import GROUP_SIZES, QUANT_METHODS
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
+WEB_DTYPES = ("fp32", "int8")
 
 _EXPORTS = {
     "QuantConfig": "stentor.model.quant_format",
@@ -25,6 +26,7 @@ _EXPORTS = {
     "read_gguf": "stentor.export.gguf",
     "verify_gguf": "stentor.export.gguf",
     "export_onnx": "stentor.export.onnx",
+    "export_web": "stentor.export.web",
 }
-__all__ = sorted([*_EXPORTS, "GGUF_DTYPES", "GROUP_SIZES", "QUANT_METHODS"])
+__all__ = sorted([*_EXPORTS, "GGUF_DTYPES", "GROUP_SIZES", "QUANT_METHODS", "WEB_DTYPES"])
 __getattr__ = lazy_exports(__name__, _EXPORTS)

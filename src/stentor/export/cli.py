@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from stentor.errors import StentorError
-from stentor.export import GGUF_DTYPES, GROUP_SIZES, QUANT_METHODS
+from stentor.export import GGUF_DTYPES, GROUP_SIZES, QUANT_METHODS, WEB_DTYPES
 
 
 def _size(path: Path) -> str:
@@ -41,6 +41,30 @@ def _onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web(args: argparse.Namespace) -> int:
+    from stentor.export.web import export_web
+
+    report = export_web(args.model, args.output, args.dtype)
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+    print(f"wrote {report.path}/ ({report.dtype}, {mib(report.total_bytes)}; a visitor downloads {mib(report.page_bytes)} "
+          f"on WASM); onnxruntime logits within {report.max_abs_diff:.1e} of torch")
+    if args.preview is None:
+        print(f"try it: stentor export web --model {args.model} -o {args.output} --preview 8080 (docs/web.md: hosting)")
+        return 0
+    import time
+
+    from stentor.export.web import preview_server
+
+    with preview_server(report.path, args.preview) as url:
+        print(f"serving {report.path} at {url}/ with the headers that give it threads; Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     quant = sub.add_parser(
@@ -67,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     export = sub.add_parser(
         "export",
-        help="export a model to GGUF (llama.cpp) or ONNX (onnxruntime), verified after writing",
+        help="export a model to GGUF (llama.cpp), ONNX (onnxruntime) or a web page, verified after writing",
         formatter_class=fmt,
         description="Write a model in another runtime's format, then read it back and check it.",
     )
@@ -108,7 +132,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     onnx.set_defaults(func=_onnx)
 
+    web = formats.add_parser(
+        "web",
+        help="a static folder that runs the model in a browser tab (no server): page + ONNX + onnxruntime-web",
+        formatter_class=fmt,
+        description=(
+            "Write OUTDIR/index.html (the playground page of `stentor serve`), the model as ONNX with its\n"
+            "KV cache, the tokenizer (TokenMonster in JavaScript, byte-exact with stentor's) and\n"
+            "onnxruntime-web (WASM with SIMD, threads when the page is cross-origin isolated, WebGPU when\n"
+            "the browser has it). Host OUTDIR on any static file host; it needs no network after loading.\n"
+            "Scripts drive it with window.stentor.generate(prompt, {...}) and window.stentor.encode(text).\n\n"
+            "onnxruntime-web is installed once with npm (from the npm registry) into a cache\n"
+            "($STENTOR_WEB_CACHE, default ~/.cache/stentor/web).\n\n"
+            "  --dtype fp32  the model as trained (about 4 bytes a parameter)\n"
+            "  --dtype int8  int8 weights, one scale per output channel (as `stentor quantize --method int8`),\n"
+            "                expanded to float32 in the page: a 4x smaller download at the float graph's speed\n\n"
+            "example: stentor export web --model runs/mini/final -o site/ --dtype int8\n"
+            "         stentor export web --model runs/mini/final -o site/ --preview   # http://127.0.0.1:8080"
+        ),
+    )
+    web.add_argument("--model", required=True, help="float model directory with its Stentor tokenizer")
+    web.add_argument("-o", "--output", required=True, help="output directory (replaced atomically)")
+    web.add_argument("--dtype", choices=WEB_DTYPES, default="fp32", help="model weights (default fp32)")
+    web.add_argument("--preview", type=int, metavar="PORT", nargs="?", const=8080,
+                     help="then serve OUTDIR on 127.0.0.1:PORT (default 8080) until Ctrl-C, with the threads headers")
+    web.set_defaults(func=_web)
+
 
 def _missing_format(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
-    raise StentorError("choose a format: `stentor export gguf ...` or `stentor export onnx ...`")
+    raise StentorError("choose a format: `stentor export gguf ...`, `stentor export onnx ...` or `stentor export web ...`")

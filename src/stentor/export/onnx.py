@@ -44,10 +44,14 @@ class CachedLlama(nn.Module):
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        # rotate_half(x) as x @ rotation: one MatMul where slicing costs a Shape/Slice/Neg/Concat chain per tensor
+        half = self.head_dim // 2
+        rotation = torch.zeros(self.head_dim, self.head_dim)
+        rotation[torch.arange(half) + half, torch.arange(half)] = -1.0
+        rotation[torch.arange(half), torch.arange(half) + half] = 1.0
+        self.register_buffer("rotation", rotation, persistent=False)
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         inner = self.model.model
         batch, steps = input_ids.shape
         x = inner.embed_tokens(input_ids)
@@ -65,14 +69,16 @@ class CachedLlama(nn.Module):
             q = attn.q_proj(h).view(batch, steps, self.heads, self.head_dim).transpose(1, 2)
             k = attn.k_proj(h).view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
             v = attn.v_proj(h).view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q = q * cos[:, None] + (q @ self.rotation) * sin[:, None]
+            k = k * cos[:, None] + (k @ self.rotation) * sin[:, None]
             k = torch.cat([past[2 * i], k], dim=2)
             v = torch.cat([past[2 * i + 1], v], dim=2)
             presents += [k, v]
             groups = self.heads // self.kv_heads
-            out = F.scaled_dot_product_attention(
-                q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), attn_mask=bias
-            )
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            # the scale given, not derived from q's shape at run time (a Shape/Sqrt/Div chain per layer)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return (self.model.lm_head(inner.norm(x)), *presents)
@@ -108,6 +114,7 @@ def write_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> No
     axes.update({name: {0: "batch", 2: "total"} for name in outputs[1:]})
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is our deliberate choice
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: axes stay dynamic
         torch.onnx.export(
             wrapper, example, os.fspath(path), input_names=inputs, output_names=outputs,
             dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True,
@@ -195,14 +202,12 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, tokens: int = CHECK_T
     return OnnxReport(Path(path), diff, tokens)
 
 
-def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 17) -> OnnxReport:
-    """`stentor export onnx`: write OUT/model.onnx beside the config and tokenizer files, verified."""
+def load_exportable(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> nn.Module:
+    """The float Llama model of `model_dir`, or one line on why it cannot be exported to `out_dir`."""
     from stentor.model.loading import load_model
     from stentor.model.quant_format import is_quantized_dir
     from stentor.fileio import ensure_writable_dir
 
-    if not 14 <= opset <= 20:
-        raise StentorError(f"--opset {opset} is not supported; use 14..20 (scaled_dot_product_attention needs >= 14)")
     if is_quantized_dir(model_dir):
         raise StentorError(f"{model_dir} is a `stentor quantize` output; export the float model to ONNX")
     if Path(out_dir).resolve() == Path(model_dir).resolve():
@@ -211,6 +216,14 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, opset:
     model = load_model(os.fspath(model_dir))
     if getattr(model.config, "model_type", None) != "llama":
         raise StentorError(f"ONNX export supports Llama models; this one is {model.config.model_type}")
+    return model
+
+
+def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 17) -> OnnxReport:
+    """`stentor export onnx`: write OUT/model.onnx beside the config and tokenizer files, verified."""
+    if not 14 <= opset <= 20:
+        raise StentorError(f"--opset {opset} is not supported; use 14..20 (scaled_dot_product_attention needs >= 14)")
+    model = load_exportable(model_dir, out_dir)
     with atomic_dir(out_dir) as tmp:
         write_onnx(model, tmp / MODEL_FILE, opset)
         report = verify_onnx(tmp / MODEL_FILE, model)

@@ -27,18 +27,18 @@ def asset(name: str) -> bytes:
     return resources.files("stentor.infer").joinpath("web", name).read_bytes()
 
 
-def page_config(lm, model_name: str, *, max_tokens: int, max_prompt_tokens: int, draft: bool = False,
-                needs_key: bool = False) -> dict:
-    """What the page needs to know: the model, the server's limits, the card's sampling guidance."""
+def page_config(config: dict, model_name: str, *, vocab_size: int, context: int, chat: bool, max_tokens: int,
+                max_prompt_tokens: int, draft: bool = False, needs_key: bool = False) -> dict:
+    """What the page needs to know: the model (its config.json as a dict), the limits of whatever runs it
+    (the server, or the browser tab of `stentor export web`), the card's sampling guidance."""
     from stentor.model.params import config_parameters
 
-    config = lm.config
     return {
         "model": model_name,
         "parameters": config_parameters(config),
-        "vocab_size": lm.vocab_size,
-        "context": lm.context,
-        "chat": bool(getattr(lm.tokenizer, "chat_template", None)),
+        "vocab_size": vocab_size,
+        "context": context,
+        "chat": chat,
         "max_tokens": max_tokens,
         "max_prompt_tokens": max_prompt_tokens,
         "draft": draft,  # rows are decoded speculatively; each reply reports the draft's acceptance rate

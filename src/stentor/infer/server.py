@@ -850,7 +850,9 @@ def build_app(lm: Stentor, config: ServeConfig, draft=None):
     async def page(request: Request):
         name = request.path_params.get("name", "index.html")
         if name == "config.json":
-            return JSONResponse(page_config(lm, config.model_name, max_tokens=config.max_tokens,
+            return JSONResponse(page_config(lm.config, config.model_name, vocab_size=lm.vocab_size, context=lm.context,
+                                            chat=bool(getattr(lm.tokenizer, "chat_template", None)),
+                                            max_tokens=config.max_tokens,
                                             max_prompt_tokens=config.max_prompt_tokens, draft=draft is not None,
                                             needs_key=config.api_key is not None))
         if name not in ASSETS:

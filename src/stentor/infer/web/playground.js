@@ -1,7 +1,9 @@
 "use strict";
 // The stentor playground. It talks to one backend: the OpenAI-compatible endpoints of the
-// server that sent this page (streamed as server-sent events), and reads its settings from
-// playground/config.json. Output is appended as it arrives, never re-rendered.
+// server that sent this page (streamed as server-sent events), or, in a folder written by
+// `stentor export web`, the model running in this tab (local.js sets window.stentorBackend to an
+// object with the same methods). Settings come from playground/config.json. Output is appended as
+// it arrives, never re-rendered.
 
 const $ = (id) => document.getElementById(id);
 const LOST = "The connection to the server was lost before the answer finished.";
@@ -78,6 +80,8 @@ const server = {
     }
   },
 };
+
+const backend = window.stentorBackend || server;
 
 // -- tokens ----------------------------------------------------------------------------------
 
@@ -276,7 +280,7 @@ async function generate() {
     figures(count, started, first);
   };
   try {
-    for await (const chunk of server.stream(path, body, controller.signal)) {
+    for await (const chunk of backend.stream(path, body, controller.signal)) {
       const choice = chunk.choices[0];
       const text = chat ? (choice.delta && choice.delta.content) || "" : choice.text || "";
       const tokens = tokensOf(choice, chat);
@@ -338,19 +342,33 @@ async function start() {
     }
   });
   try {
-    state.config = await server.config();
+    state.config = await backend.config();
   } catch (err) {
     showError(err.message);
     return;
   }
   const config = state.config;
   describeModel(config);
+  if (backend.load) {
+    try {
+      const info = await backend.load(setStatus);
+      const threads = info.threads ? `, ${info.threads} thread${info.threads > 1 ? "s" : ""}` : "";
+      $("model-info").textContent += ` \u00b7 in this tab: ${info.backend}${threads}, ${info.dtype}`;
+      setStatus(`model ready in ${(info.load_ms / 1000).toFixed(1)} s`);
+    } catch (err) {
+      showError(err.message);
+      setStatus("");
+      return;
+    }
+  }
   for (const [name, range] of Object.entries(config.ranges)) {
     document.querySelector(`.field[data-name="${name}"] .range`).textContent =
       `card's range ${range.low}\u2013${range.high}, default ${config.defaults[name]}`;
   }
   $("max_tokens").max = config.max_tokens;
-  $("max-tokens-range").textContent = `at most ${config.max_tokens} on this server`;
+  $("max-tokens-range").textContent = config.local ? `at most ${config.max_tokens} (the context)`
+    : `at most ${config.max_tokens} on this server`;
+  $("suppress").closest("label").hidden = Boolean(config.local); // the server's UTF-8 guard has no browser port
   for (const example of config.examples) {
     const button = document.createElement("button");
     button.type = "button";
