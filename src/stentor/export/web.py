@@ -211,6 +211,7 @@ def split_weights(onnx_path: Path, dtype: str) -> tuple[bytes, dict]:
         if init.name in gather:
             tables[init.name] = w
         tensors.append(entry)
+        init.CopyFrom(numpy_helper.from_array(w, init.name))  # raw_data, whichever field the exporter filled
         external_data_helper.set_external_data(init, location=WEIGHTS_LOCATION, offset=offset, length=w.nbytes)
         init.ClearField("raw_data")
         init.data_location = onnx.TensorProto.EXTERNAL

@@ -70,33 +70,64 @@ export class Sampler {
 
   // The next token from one row of logits (length = the model's vocabulary).
   choose(logits) {
-    const p = this.p;
-    const v = this.vocabSize;
-    const scores = new Float64Array(v);
-    for (let i = 0; i < v; i++) {
-      const l = logits[i];
-      scores[i] = this.seen[i] && p.repetition_penalty !== 1 ? (l < 0 ? l * p.repetition_penalty : l / p.repetition_penalty) : l;
-    }
-    if (p.temperature === 0) {
+    const scores = this.penalize(logits);
+    if (this.p.temperature === 0) {
       let arg = 0;
-      for (let i = 1; i < v; i++) if (scores[i] > scores[arg]) arg = i; // the first maximum, as torch.argmax
+      for (let i = 1; i < this.vocabSize; i++) if (scores[i] > scores[arg]) arg = i; // the first maximum, as torch.argmax
       return arg;
     }
+    const probs = softmaxInPlace(this.warp(scores));
+    let u = this.random();
+    for (let i = 0; i < this.vocabSize; i++) {
+      u -= probs[i];
+      if (u < 0 && probs[i] > 0) return i;
+    }
+    for (let i = this.vocabSize - 1; i >= 0; i--) if (probs[i] > 0) return i; // rounding left u just above 0
+    return 0;
+  }
+
+  // HF's repetition penalty over the tokens seen so far: a new Float64Array.
+  penalize(logits) {
+    const penalty = this.p.repetition_penalty;
+    const scores = new Float64Array(this.vocabSize);
+    for (let i = 0; i < this.vocabSize; i++) {
+      const l = logits[i];
+      scores[i] = this.seen[i] && penalty !== 1 ? (l < 0 ? l * penalty : l / penalty) : l;
+    }
+    return scores;
+  }
+
+  // Temperature, top-k, top-p and min-p on penalized scores, in place: removed tokens become -Infinity.
+  warp(scores) {
+    const p = this.p;
+    const v = this.vocabSize;
     if (p.temperature !== 1) for (let i = 0; i < v; i++) scores[i] /= p.temperature;
     if (p.top_k && p.top_k < v) {
       const kth = Float64Array.from(scores).sort()[v - p.top_k];
       for (let i = 0; i < v; i++) if (scores[i] < kth) scores[i] = -Infinity;
     }
     if (p.top_p < 1) {
-      // HF removes the longest low end of the ascending order whose mass is <= 1 - top_p (never the top
-      // token): everything below the first value kept. A numeric sort of the values (not of indexes with a
-      // comparator, 20x slower) finds it; tokens tied with that value are all kept.
-      const values = Float64Array.from(scores).sort();
-      const sorted = softmaxInPlace(Float64Array.from(values));
-      let cumulative = 0;
-      let k = 0;
-      while (k < v - 1 && (cumulative += sorted[k]) <= 1 - p.top_p) k++;
-      const kept = values[k];
+      // HF removes the longest low end of the ascending order whose mass is <= 1 - top_p: what stays is the
+      // fewest top tokens holding >= top_p. Only tokens above a cutoff can be among them, so only those are
+      // sorted (a few dozen, not the vocabulary: a full sort cost more than the model step). Tokens tied
+      // with the last one kept are all kept.
+      const probs = softmaxInPlace(Float64Array.from(scores));
+      let top = 0;
+      for (let i = 1; i < v; i++) if (probs[i] > probs[top]) top = i;
+      let cutoff = probs[top] / 64;
+      let candidates;
+      for (;;) {
+        candidates = [];
+        let mass = 0;
+        for (let i = 0; i < v; i++) if (probs[i] >= cutoff) (candidates.push(i), (mass += probs[i]));
+        if (mass >= p.top_p || cutoff === 0) break;
+        cutoff = cutoff > 1e-300 ? cutoff / 64 : 0;
+      }
+      candidates.sort((a, b) => probs[b] - probs[a]);
+      let held = 0;
+      let last = 0;
+      while (last < candidates.length - 1 && (held += probs[candidates[last]]) < p.top_p) last++;
+      const kept = scores[candidates[last]];
       for (let i = 0; i < v; i++) if (scores[i] < kept) scores[i] = -Infinity;
     }
     if (p.min_p !== null && p.min_p > 0) {
@@ -106,13 +137,6 @@ export class Sampler {
       const threshold = p.min_p * probs[arg];
       for (let i = 0; i < v; i++) if (probs[i] < threshold && i !== arg) scores[i] = -Infinity;
     }
-    const probs = softmaxInPlace(scores);
-    let u = this.random();
-    for (let i = 0; i < v; i++) {
-      u -= probs[i];
-      if (u < 0 && probs[i] > 0) return i;
-    }
-    for (let i = v - 1; i >= 0; i--) if (probs[i] > 0) return i; // rounding left u just above 0
-    return 0;
+    return scores;
   }
 }
