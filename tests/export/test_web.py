@@ -56,14 +56,19 @@ def site(story_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     from playwright.sync_api import sync_playwright
 
     need_browser()
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    yield chromium
+    chromium.close()
 
 
 @contextlib.contextmanager
@@ -286,26 +291,23 @@ def test_the_cli_exports_and_explains(story_model, tmp_path):
     assert bad.returncode != 0 and "is not a model directory" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_webgpu_is_chosen_when_the_browser_has_it(site, story_model):
+def test_webgpu_is_chosen_when_the_browser_has_it(playwright, site, story_model):
     """Chromium's software WebGPU adapter (SwiftShader) stands in for a GPU: the page picks WebGPU by itself,
     and greedy decoding there equals stentor's."""
-    from playwright.sync_api import sync_playwright
-
     gpu_args = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + [
         "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
         "--use-webgpu-adapter=swiftshader", "--enable-unsafe-swiftshader"]  # fmt: skip
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=gpu_args, headless=True)
-        try:
-            with open_page(chromium, site.path, wait_ready=False) as (page, errors, blocked):
-                adapter = page.evaluate("(async () => Boolean(navigator.gpu && await navigator.gpu.requestAdapter()))()")
-                if not adapter:
-                    pytest.skip("this Chromium offers no WebGPU adapter, not even SwiftShader's")
-                page.wait_for_selector("body[data-ready=true]", timeout=60_000)
-                assert page.evaluate("window.stentor.ready")["backend"] == "webgpu"
-                assert "in this tab: webgpu, fp32" in page.text_content("#model-info")
-                ids = page.evaluate("async () => (await window.stentor.generate('the cat', {temperature: 0, max_new_tokens: 32})).ids")
-                assert ids == python_greedy(story_model, "the cat", 32)
-                assert not errors and not blocked
-        finally:
-            chromium.close()
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=gpu_args, headless=True)
+    try:
+        with open_page(chromium, site.path, wait_ready=False) as (page, errors, blocked):
+            adapter = page.evaluate("(async () => Boolean(navigator.gpu && await navigator.gpu.requestAdapter()))()")
+            if not adapter:
+                pytest.skip("this Chromium offers no WebGPU adapter, not even SwiftShader's")
+            page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+            assert page.evaluate("window.stentor.ready")["backend"] == "webgpu"
+            assert "in this tab: webgpu, fp32" in page.text_content("#model-info")
+            ids = page.evaluate("async () => (await window.stentor.generate('the cat', {temperature: 0, max_new_tokens: 32})).ids")
+            assert ids == python_greedy(story_model, "the cat", 32)
+            assert not errors and not blocked
+    finally:
+        chromium.close()
