@@ -34,3 +34,11 @@ def fresh_accelerate():
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def story_model(tmp_path_factory) -> Path:
+    """The small trained model the browser tests show (tests/browser.py), trained once per run."""
+    from browser import train_story_model
+
+    return train_story_model(tmp_path_factory.mktemp("story") / "story")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, need_browser, train_story_model
+from browser import CHROMIUM, CHROMIUM_ARGS, need_browser
 
 from stentor.errors import StentorError
 from stentor.export.web import PreviewFiles, preview_server
@@ -34,11 +34,6 @@ class HalfFiles(PreviewFiles):
         data = source.read()
         outputfile.write(data[: len(data) // 2])
         self.close_connection = True
-
-
-@pytest.fixture(scope="module")
-def story_model(tmp_path_factory):
-    return train_story_model(tmp_path_factory.mktemp("web") / "story")
 
 
 @pytest.fixture(scope="module")

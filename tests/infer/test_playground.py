@@ -11,15 +11,10 @@ import time
 
 import httpx
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, need_browser, train_story_model
+from browser import CHROMIUM, CHROMIUM_ARGS, need_browser
 from serving import stentor_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-@pytest.fixture(scope="module")
-def story_model(tmp_path_factory):
-    return train_story_model(tmp_path_factory.mktemp("playground") / "story")
 
 
 @pytest.fixture(scope="module")

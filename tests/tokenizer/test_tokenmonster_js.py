@@ -471,14 +471,6 @@ SHARED_VOCABS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tm_dir(shared_dir: Path) -> Path:
-    path = shared_dir / "tokenmonster"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent")
-    return path
-
-
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -49,7 +49,8 @@ def _web(args: argparse.Namespace) -> int:
     print(f"wrote {report.path}/ ({report.dtype}, {mib(report.total_bytes)}; a visitor downloads {mib(report.page_bytes)} "
           f"on WASM); onnxruntime logits within {report.max_abs_diff:.1e} of torch")
     if args.preview is None:
-        print(f"try it: stentor export web --model {args.model} -o {args.output} --preview 8080 (docs/web.md: hosting)")
+        print(f"try it: stentor export web --model {args.model} -o {args.output} --dtype {args.dtype} --preview "
+              "(serves it on http://127.0.0.1:8080; docs/web.md: hosting)")
         return 0
     import time
 
