@@ -267,6 +267,9 @@ def test_chat_format_is_the_cards_template_as_strings(story_model):
     codec.chat_template = "{% if messages[0]['role'] != 'system' %}You are kind.\n{% endif %}" + codec.chat_template
     codec._template = None
     assert chat_format(codec) is None  # a default system prompt is logic the page's strings cannot hold
+    codec.chat_template = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    codec._template = None
+    assert chat_format(codec) is None  # a template that rejects a probe message
 
 
 def test_without_npm_the_runtime_install_says_what_to_do(tmp_path, monkeypatch):

@@ -100,6 +100,13 @@ def chat_format(codec) -> dict | None:
     """
     if not codec.chat_template:
         return None
+    try:
+        return _flat_chat_format(codec)
+    except Exception:  # noqa: BLE001 - a template that raises on these probes (e.g. no system role) has no flat form
+        return None
+
+
+def _flat_chat_format(codec) -> dict | None:
     mark = "\x00MESSAGE\x00"
     roles = {}
     for role in ("system", "user", "assistant"):
