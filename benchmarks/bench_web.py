@@ -13,6 +13,7 @@ prints best-of and the spread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -74,17 +75,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sites = {dtype: export_web(args.model, Path(tmp) / dtype, dtype) for dtype in ("fp32", "int8")}
         results: dict[str, list] = {"native": [], "fp32": [], "int8": []}
-        with sync_playwright() as p:
+        with sync_playwright() as p, contextlib.ExitStack() as stack:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            servers = {dtype: preview_server(site.path) for dtype, site in sites.items()}
-            urls = {dtype: server.__enter__() for dtype, server in servers.items()}
+            urls = {dtype: stack.enter_context(preview_server(site.path)) for dtype, site in sites.items()}
             native_round(lm, ids, args.tokens)  # warm
             for _ in range(args.rounds):
                 results["native"].append(native_round(lm, ids, args.tokens))
                 for dtype, url in urls.items():
                     results[dtype].append(page_round(browser, url, args.tokens, args.threads))
-            for server in servers.values():
-                server.__exit__(None, None, None)
             browser.close()
         native = max(results["native"])
         print(f"{args.model}: {args.tokens} new tokens, card sampling, {args.threads} threads, {args.rounds} rounds")

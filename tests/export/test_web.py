@@ -8,6 +8,7 @@ The JS tokenizer, sampling and the ONNX graph on onnxruntime-web are compared wi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -138,10 +139,17 @@ def test_encode_equals_the_python_tokenizer(page, story_model):
     assert got == [[codec.bos_token_id, *codec.vocab.encode(b)] for b in raw]
 
 
+@functools.lru_cache(maxsize=4)
+def loaded(model_dir: Path):
+    import stentor
+
+    return stentor.load(str(model_dir))
+
+
 def python_greedy(model_dir: Path, prompt: str, tokens: int) -> list[int]:
     import stentor
 
-    lm = stentor.load(str(model_dir))
+    lm = loaded(model_dir)
     steps = lm.generate_ids([lm.encode(prompt)], stentor.infer.SamplingParams(temperature=0, max_new_tokens=tokens))
     return [int(step.tokens[0]) for step in steps]
 
@@ -186,8 +194,6 @@ def test_the_page_runs_the_model_in_the_tab(page, site, tmp_path_factory):
 
 
 def test_chat_uses_the_cards_template(page, story_model):
-    import stentor
-
     page.click("#mode-chat")
     page.click("#new-chat")
     page.fill("#temperature", "0")
@@ -197,7 +203,7 @@ def test_chat_uses_the_cards_template(page, story_model):
     page.click("#generate")
     page.wait_for_function(f"Number(document.body.dataset.runs || 0) > {before}", timeout=60_000)
     reply = page.text_content("#transcript .message.assistant").removeprefix("model")
-    lm = stentor.load(str(story_model))
+    lm = loaded(story_model)
     assert reply == lm.generate("the dog ran home", chat=True, temperature=0, max_new_tokens=16)
     page.click("#mode-complete")
     page.fill("#temperature", "0.8")

@@ -288,7 +288,7 @@ def _page_config(model_dir: Path, model, codec, dtype: str, files: dict) -> dict
     fmt = chat_format(codec)
     page = page_config(config.to_dict(), model_dir.name, vocab_size=config.vocab_size, context=context,
                        chat=fmt is not None, max_tokens=context - 1, max_prompt_tokens=context - 1)  # fmt: skip
-    page["defaults"] = {**_generation_defaults(model_dir)}
+    page["defaults"] = _generation_defaults(model_dir)
     page["defaults"]["max_tokens"] = min(page["defaults"]["max_tokens"], context - 1)
     page["local"] = {
         "dtype": dtype,
@@ -297,7 +297,7 @@ def _page_config(model_dir: Path, model, codec, dtype: str, files: dict) -> dict
         "layers": config.num_hidden_layers,
         "kv_heads": config.num_key_value_heads,
         "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-        "eos_token_ids": sorted({int(i) for i in eos if i is not None} | ({codec.eos_token_id} - {None})),
+        "eos_token_ids": sorted({int(i) for i in [*eos, codec.eos_token_id] if i is not None}),
         "chat_format": fmt,
     }
     return page
@@ -305,7 +305,7 @@ def _page_config(model_dir: Path, model, codec, dtype: str, files: dict) -> dict
 
 def export_web(model_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "fp32") -> WebReport:
     """Write the static folder (layout in the module docstring); the ONNX graph is checked on onnxruntime."""
-    from stentor.export.onnx import MODEL_FILE, load_exportable, verify_onnx, write_onnx
+    from stentor.export.onnx import MODEL_FILE, load_exportable, write_onnx
     from stentor.tokenizer.codec import TextCodec
     from stentor.tokenizer.jstables import unicode_tables_json
 
@@ -325,7 +325,6 @@ def export_web(model_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: 
         (tmp / "ort").mkdir()
         onnx_path = tmp / "model" / MODEL_FILE
         write_onnx(model, onnx_path)
-        verify_onnx(onnx_path, model)
         blob, weights = split_weights(onnx_path, dtype)
         (tmp / "model" / WEIGHTS_FILE).write_bytes(blob)
         diff = _check_web_model(onnx_path, blob, weights, model, dtype)

@@ -218,8 +218,9 @@ async function* steps(ids, p, signal) {
     sampler.see([id]);
     done += 1;
     input = [id];
-    yield { id, ...logprobs(logits, id, 5), last: done === budget };
-    if (p.stop_at_eos && local.eos_token_ids.includes(id)) return;
+    const eos = p.stop_at_eos && local.eos_token_ids.includes(id);
+    yield { id, ...logprobs(logits, id, 5), finish: eos ? "stop" : done === budget ? "length" : null };
+    if (eos) return;
     if (performance.now() - yielded > 12) {
       await nextTask();
       yielded = performance.now();
@@ -239,8 +240,7 @@ async function* completion(path, body, signal) {
   let finish = null;
   for await (const step of steps(ids, p, signal)) {
     const text = stream.push([step.id]);
-    if (p.stop_at_eos && settings.local.eos_token_ids.includes(step.id)) finish = "stop";
-    else if (step.last) finish = "length";
+    finish = step.finish; // set on the last step only
     if (chat) {
       const content = [{ id: step.id, token: piece(step.id), logprob: step.logprob,
         top_logprobs: step.top.map(([i, lp]) => ({ token: piece(i), logprob: lp })) }];
