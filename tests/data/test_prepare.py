@@ -234,3 +234,19 @@ def test_waiting_processes_take_the_main_processs_preparation_and_refuse_another
     prepare_data(config(path, val_docs=40), tokenizer, out, num_workers=0)
     waiter.join(timeout=10)
     assert not waiter.is_alive() and "prepared other data" in errors[0] and "shared filesystem" in errors[0]
+
+
+def test_a_meta_json_with_a_damaged_field_names_it(tmp_path, tokenizer, make_docs):
+    prepared = prepare_data(config(write_jsonl(tmp_path / "d.jsonl", make_docs(30))), tokenizer, tmp_path / "o", num_workers=0)
+    meta_path = tmp_path / "o" / "meta.json"
+    original = meta_path.read_text()
+    # What one flipped byte in a key or a value gives: the field is gone, or of another type.
+    for damaged, field in ((original.replace('"config"', '"confiw"'), "config.clean"),
+                           (original.replace('"eos_id"', '"eos_iu"'), "eos_id"),
+                           (json.dumps(dict(prepared.meta, budget_reached=1)), "budget_reached"),
+                           (json.dumps(dict(prepared.meta, val_docs="20")), "val_docs")):  # fmt: skip
+        meta_path.write_text(damaged)
+        with pytest.raises(StentorError, match=f"meta.json is damaged \\(.*{field}.*\\); prepare the data again"):
+            PreparedData.load(tmp_path / "o")
+    meta_path.write_text(original)
+    assert PreparedData.load(tmp_path / "o").meta == prepared.meta

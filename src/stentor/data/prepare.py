@@ -94,9 +94,9 @@ class PreparedData:
             raise StentorError(f"no prepared data in {out_dir} (meta.json missing or unreadable); run `stentor data prepare` first")
         if meta.get("format_version") != FORMAT_VERSION:
             raise StentorError(f"{out_dir} holds data format {meta.get('format_version')}, this stentor reads {FORMAT_VERSION}; prepare it again")
-        counts = [meta.get(f"{split}_tokens") for split in ("train", "val")]
-        if meta.get("dtype") not in ("uint16", "uint32") or not all(isinstance(c, int) and c >= 0 for c in counts):
-            raise StentorError(f"{out_dir / 'meta.json'} is damaged (its dtype or token counts); prepare the data again")
+        bad = _damaged_fields(meta)
+        if bad:
+            raise StentorError(f"{out_dir / 'meta.json'} is damaged ({', '.join(bad)}); prepare the data again")
         dtype = np.dtype(meta["dtype"])
         tokens = {}
         for split in ("train", "val"):
@@ -120,6 +120,26 @@ def _read_meta(out_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def _damaged_fields(meta: dict[str, Any]) -> list[str]:
+    """The fields of meta.json that training, `stentor data info` and resuming read, where missing or of the wrong
+    type (the file has no checksum of its own, so a flipped byte shows here or nowhere)."""
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    config = meta.get("config")
+    config = config if isinstance(config, dict) else {}
+    checks = {
+        "dtype": meta.get("dtype") in ("uint16", "uint32"),
+        **{f"{split}_{what}": count(meta.get(f"{split}_{what}")) for split in ("train", "val") for what in ("tokens", "docs")},
+        **{key: count(meta.get(key)) for key in ("vocab_size", "bos_id", "eos_id")},
+        "tokenizer_name": isinstance(meta.get("tokenizer_name"), str),
+        "budget_reached": isinstance(meta.get("budget_reached"), bool),
+        "config.source_token_budget": "source_token_budget" in config
+        and (config["source_token_budget"] is None or count(config["source_token_budget"])),
+        "config.clean": isinstance(config.get("clean"), bool),
+        "config.sources": isinstance(config.get("sources"), list) and all(isinstance(s, dict) for s in config["sources"]),
+    }
+    return [name for name, ok in checks.items() if not ok]
 
 
 def _map_tokens(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
