@@ -78,6 +78,29 @@ def test_bf16_scores_are_close_to_fp32_but_not_equal(model_and_tokenizer):
     assert max(diffs) > 0  # the bf16 path really ran in bf16
 
 
+def test_the_amx_layer_stack_agrees_with_the_staged_bf16_path(model_and_tokenizer):
+    """Where the CPU has AMX-BF16, bf16 scoring runs the layer stack in one compiled call with float32
+    matmul outputs; it must compute what the staged path (torch bf16 matmuls + compiled stages) does."""
+    model, _ = model_and_tokenizer
+    scorer = Scorer(model, "bf16")
+    stages = scorer.engine._native_stages()
+    if stages is None or not stages.amx:
+        pytest.skip("no compiled runtime or no AMX-BF16 on this CPU")
+    trees = random_trees(40, 300, seed=4)
+    ids_rows = [len(t.trunk) + sum(len(b) for b in t.branches) for t in trees]
+    assert max(ids_rows) < 32 and len(trees) > 128 // 32  # several rows per tile, several tiles: both threads work
+    amx = scorer.score(trees)
+    assert scorer.engine._amx is not None  # packed and used
+    staged = scorer_on("compiled", model, "bf16")
+    staged.engine._amx = None  # the torch-matmul + stages path
+    staged = staged.score(trees)
+    exact = Scorer(model, "fp32").score(trees)
+    gap = lambda got, ref: max(abs(a.trunk - e.trunk) + sum(abs(x - y) for x, y in zip(a.branches, e.branches))
+                               for a, e in zip(got, ref))  # fmt: skip
+    assert gap(amx, exact) < 0.05 * 16 and gap(amx, staged) < 0.05 * 16  # bf16's tolerance (see the test above)
+    assert gap(amx, staged) > 0  # another computation (float32 matmul outputs), not the staged one again
+
+
 def test_bad_requests_are_clear_errors(model_and_tokenizer):
     model, _ = model_and_tokenizer
     scorer = Scorer(model)

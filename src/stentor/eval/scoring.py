@@ -145,6 +145,7 @@ class Scorer:
         self.batch_size = batch_size
         self.model = model
         self.engine = None
+        self.amx_head = None
         if engine_supports(model):
             from stentor.infer.engine import Engine
 
@@ -155,6 +156,8 @@ class Scorer:
             if precision == "bf16" and isinstance(head, torch.Tensor):
                 head = model.get_output_embeddings().weight.detach().float().t().contiguous()
             self.head = head
+            # On AMX the head runs split in three bf16 products (~2^-16, near fp32) with the log-softmax fused.
+            self.amx_head = self.engine.amx_head(head) if precision == "bf16" and isinstance(head, torch.Tensor) else None
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or 2**31
 
     def score(self, trees: Sequence[Tree], progress: bool = False, desc: str = "scoring") -> list[TreeScore]:
@@ -286,6 +289,11 @@ class Scorer:
         stages = self.engine._native_stages()
         if hidden.dtype != torch.float32 and isinstance(self.head, torch.Tensor):
             hidden = hidden.float()
+        if self.amx_head is not None and n:
+            hidden = hidden.contiguous()
+            if stages.amx_logprobs(n, hidden.shape[1], self.head.shape[1], hidden.data_ptr(), self.amx_head.data_ptr(),
+                                   targets.data_ptr(), logp.data_ptr(), greedy.data_ptr()):  # fmt: skip
+                return logp, greedy
         for i in range(0, n, _HEAD_CHUNK):
             logits = _mm(hidden[i : i + _HEAD_CHUNK], self.head, None)
             t = targets[i : i + _HEAD_CHUNK]

@@ -93,6 +93,14 @@ def library() -> ctypes.CDLL:
                 lib.st_tree_attention.argtypes = [i32, i32, i32, i32, i32, i32, p, p, p, p, p, p, p, p, i64]
                 lib.st_tree_attention.restype = i32
                 lib.st_logprobs.argtypes, lib.st_logprobs.restype = [i32, i32, i32, p, p, p, p, p, i64], i32
+                lib.st_amx_available.argtypes, lib.st_amx_available.restype = [], i32
+                lib.st_amx_pack.argtypes, lib.st_amx_pack.restype = [p, i32, i32, p], None
+                lib.st_tree_forward_floats.argtypes = [i32] * 6
+                lib.st_tree_forward_floats.restype = i64
+                lib.st_tree_forward.argtypes = [i32] * 8 + [f32] + [p] * 9 + [i64]
+                lib.st_tree_forward.restype = i32
+                lib.st_amx_logprobs_floats.argtypes, lib.st_amx_logprobs_floats.restype = [i32], i64
+                lib.st_amx_logprobs.argtypes, lib.st_amx_logprobs.restype = [i32, i32, i32, p, p, p, p, p, p, i64], i32
                 _LIB = lib
                 return lib
     raise Unsupported(_LIB_ERROR)
@@ -163,6 +171,33 @@ class Stages:
         """logp (float64) = log_softmax(logits)[target] per row; greedy (uint8) = the target is the argmax."""
         if self._run(self.lib.st_logprobs, vocab, n, vocab, int(bf16), logits, targets, logp, greedy):
             raise StentorError(f"a target token id is outside the vocabulary of {vocab}")
+
+    @property
+    def amx(self) -> bool:
+        """Whether this CPU and kernel give the process AMX-BF16 tiles (what `tree_forward` runs on)."""
+        return bool(self.lib.st_amx_available())
+
+    def amx_pack(self, weight: int, rows: int, cols: int, out: int) -> None:
+        """A bf16 [rows, cols] matrix (input-major) into `out` (rows * cols bf16) in AMX tile order."""
+        self.lib.st_amx_pack(weight, rows, cols, out)
+
+    def amx_logprobs(self, n: int, hidden: int, vocab: int, h: int, head: int, targets: int, logp: int,
+                     greedy: int) -> bool:  # fmt: skip
+        """`logprobs` from float32 hidden states h [n, hidden] and a split LM head packed for AMX (see
+        `Engine.amx_head`), never storing the logits whole. False where it cannot run (nothing written)."""
+        per_thread = self.lib.st_amx_logprobs_floats(hidden)
+        return self._run(self.lib.st_amx_logprobs, per_thread, n, hidden, vocab, h, head, targets, logp, greedy) == 0
+
+    def tree_forward(self, rows: int, width: int, sizes: tuple[int, int, int, int, int, int], eps: float, weights: int,
+                     final_norm: int, cos: int, sin: int, pos: int, seg: int, trunk: int, x: int) -> bool:  # fmt: skip
+        """The whole layer stack of packed trees on AMX: x [rows * width, hidden] float32 embeddings in,
+        final normed hidden states out. sizes: hidden, inner, heads, kv heads, head dim, layers;
+        weights: 6 pointers per layer (norm1, packed qkv, packed o, norm2, packed gate_up, packed down).
+        False when AMX or these sizes cannot run it (nothing was written)."""
+        hidden, inner, heads, kv, head_dim, layers = sizes
+        per_thread = self.lib.st_tree_forward_floats(width, hidden, inner, heads, kv, head_dim)
+        return self._run(self.lib.st_tree_forward, per_thread, rows, width, *sizes, eps, weights, final_norm, cos, sin,
+                         pos, seg, trunk, x) == 0  # fmt: skip
 
 
 # -- weights --------------------------------------------------------------------------------------
