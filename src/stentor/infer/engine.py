@@ -119,7 +119,7 @@ class Engine:
         self.vocab_size = config.vocab_size
         self._stages = None  # the compiled scoring stages, loaded by the first tree_hidden_states (decode never needs them)
         self._stages_checked = False
-        self._amx: tuple | None | bool = False  # (pointer table, packed weights) once packed; None where AMX cannot run
+        self._amx: tuple | None | bool = False  # (table address, table, tensors) once packed; None where AMX cannot run
         self._cache: list[torch.Tensor] = []
         self._step = torch.compile(self._forward, dynamic=True) if compile else self._forward
 
@@ -188,9 +188,7 @@ class Engine:
         for layer in self.layers:
             for w in (layer.norm1, layer.w_qkv, layer.w_o, layer.norm2, layer.w_gate_up, layer.w_down):
                 if w.dtype == torch.bfloat16:
-                    packed = torch.empty(w.numel(), dtype=torch.int16)
-                    stages.amx_pack(w.data_ptr(), w.shape[0], w.shape[1], packed.data_ptr())
-                    w = packed
+                    w = self._amx_pack(w)
                 keep.append(w)
                 pointers.append(w.data_ptr())
         table = (ctypes.c_void_p * len(pointers))(*pointers)
@@ -204,9 +202,12 @@ class Engine:
         if self._amx_layers() is None or weight.shape[1] % 32:
             return None
         hi = weight.to(torch.bfloat16)
-        stacked = torch.cat([hi, hi, (weight - hi.float()).to(torch.bfloat16)]).contiguous()
-        packed = torch.empty(stacked.numel(), dtype=torch.int16)
-        self._stages.amx_pack(stacked.data_ptr(), stacked.shape[0], stacked.shape[1], packed.data_ptr())
+        return self._amx_pack(torch.cat([hi, hi, (weight - hi.float()).to(torch.bfloat16)]).contiguous())
+
+    def _amx_pack(self, weight: torch.Tensor) -> torch.Tensor:
+        """A contiguous bf16 [in, out] matrix in AMX tile order (int16 storage, what the C calls read)."""
+        packed = torch.empty(weight.numel(), dtype=torch.int16)
+        self._stages.amx_pack(weight.data_ptr(), weight.shape[0], weight.shape[1], packed.data_ptr())
         return packed
 
     def _rope_tables(self, rotary) -> None:
