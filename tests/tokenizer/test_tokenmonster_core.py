@@ -143,6 +143,18 @@ def test_numba_backend_gives_identical_ids(cap2: Vocab, cap1: Vocab, cap2_unk: V
         assert compiled.encode(data) == vocab.encode(data)
 
 
+@pytest.mark.skipif(not fast.available(), reason="numba is not installed")
+@SETTINGS
+@given(st.lists(st.one_of(st.binary(max_size=80), st.text(max_size=80)), max_size=12))
+def test_a_batch_encodes_as_its_texts_one_by_one(cap2: Vocab, cap1: Vocab, cap0: Vocab, texts: list) -> None:
+    """encode_many (one compiled call, code-point tables shared by the batch) gives each text its own ids."""
+    for vocab in (cap2, cap1, cap0):
+        compiled = Vocab.from_bytes(vocab.to_bytes())
+        compiled.set_backend(fast.backend())
+        assert compiled.encode_many(texts) == [vocab.encode(t) for t in texts]
+        assert vocab.encode_many(texts) == [vocab.encode(t) for t in texts]  # the Python backend: one at a time
+
+
 @pytest.mark.parametrize("text", ["\u023a\u023a\u023aa" * 50, "A1B1C1d" * 80, "A'B'C'd" * 60, "HTTPServer " * 40,
                                   "\u1f88\u1f88\u0345b" * 30, "ǅǄǆ ΣΑΣ" * 30, "\x7f\x7fA" * 40])
 def test_worst_case_capcode_growth(cap2: Vocab, cap1: Vocab, text: str) -> None:
@@ -154,6 +166,7 @@ def test_worst_case_capcode_growth(cap2: Vocab, cap1: Vocab, text: str) -> None:
             compiled = Vocab.from_bytes(vocab.to_bytes())
             compiled.set_backend(fast.backend())
             assert compiled.encode(text) == ids
+            assert compiled.encode_many([text, "", text[::-1]]) == [ids, [], vocab.encode(text[::-1])]
 
 
 # -- streaming decoder

@@ -70,6 +70,9 @@ def pair_margins(model, trees: Sequence[Tree], precision: str = "auto", batch_si
     In bf16, a calibration sample is scored both ways; every pair whose bf16 margin is within
     SAFETY x (its largest error per differing token) x (the pair's differing tokens) of zero is
     re-scored in fp32. The trunk is computed once per pair, so it adds nothing to a margin's error.
+    The sample is the pairs nearest a tie (margin per differing token): they are the ones the bound
+    is about, and the ones a re-check would score anyway, so calibration costs no extra pairs where
+    it is not needed (a uniform sample re-scored 1,340 of 3,430 pairs only to measure the error).
     """
     if any(len(t.branches) != 2 for t in trees):
         raise StentorError("pair_margins scores trees of exactly two branches (good, bad)")
@@ -81,7 +84,7 @@ def pair_margins(model, trees: Sequence[Tree], precision: str = "auto", batch_si
     fast = [margin(s) for s in Scorer(model, "bf16", batch_size).score(trees, progress, "pairs bf16")]
     tokens = [max(1, len(t.branches[0]) + len(t.branches[1])) for t in trees]
     count = min(len(trees), max(CALIBRATION_MIN, len(trees) // CALIBRATION_SHARE))
-    sample = sorted({round(k * (len(trees) - 1) / max(count - 1, 1)) for k in range(count)})
+    sample = sorted(sorted(range(len(trees)), key=lambda i: abs(fast[i]) / tokens[i])[:count])
     out = list(fast)
     for i, s in zip(sample, exact.score([trees[i] for i in sample])):
         out[i] = margin(s)

@@ -46,11 +46,15 @@ def backend() -> tm.Backend:
         helpers: dict[str, Any] = {}
         for name in tm.KERNEL_HELPERS:
             helpers[name] = _compile(getattr(tm, name), helpers, inline=True)
-        _BACKEND = tm.Backend(
-            collect_wide=_compile(tm._collect_wide, helpers),
-            capcode1=_compile(tm._capcode1_kernel, helpers),
-            capcode2=_compile(tm._capcode2_kernel, helpers),
-            tokenize=_compile(tm._tokenize_kernel, helpers),
-            uses_arrays=True,
-        )
+        kernels = {
+            "collect_wide": _compile(tm._collect_wide, helpers),
+            "capcode1": _compile(tm._capcode1_kernel, helpers),
+            "capcode2": _compile(tm._capcode2_kernel, helpers),
+            "tokenize": _compile(tm._tokenize_kernel, helpers),
+        }
+        # The batch kernel calls the three per-text kernels (one real call per text, not per byte).
+        callees = {"_capcode1_kernel": kernels["capcode1"], "_capcode2_kernel": kernels["capcode2"],
+                   "_tokenize_kernel": kernels["tokenize"]}  # fmt: skip
+        many = _compile(tm._encode_many_kernel, {**helpers, **callees})
+        _BACKEND = tm.Backend(**kernels, uses_arrays=True, encode_many=many)
     return _BACKEND

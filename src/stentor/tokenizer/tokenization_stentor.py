@@ -200,14 +200,26 @@ class StentorTokenizer(PreTrainedTokenizer):
         if self.split_special_tokens or any(t.lstrip or t.rstrip or t.single_word for t in tokens):
             return self(list(texts), add_special_tokens=add_special_tokens).input_ids
         lookup, splitter = self._added_tables()
-        out = []
+        plain: list[bytes] = []  # every text's pieces between added tokens, tokenized in one batch
+        layout = []  # per text: an added token's id, or -1 for its next plain piece
         for text in texts:
-            ids: list[int] = []
+            row = []
             for special, part in split_text(splitter, self.prepare_for_tokenization(text)[0]):
                 if special:
-                    ids.append(lookup[part])
+                    row.append(lookup[part])
                 else:
-                    ids.extend(self.vocab.encode(text_to_bytes(part)))
+                    row.append(-1)
+                    plain.append(text_to_bytes(part))
+            layout.append(row)
+        pieces = iter(self.vocab.encode_many(plain))
+        out = []
+        for row in layout:
+            ids: list[int] = []
+            for item in row:
+                if item < 0:
+                    ids.extend(next(pieces))
+                else:
+                    ids.append(item)
             out.append(self.build_inputs_with_special_tokens(ids) if add_special_tokens else ids)
         return out
 
