@@ -90,15 +90,34 @@ def test_the_amx_layer_stack_agrees_with_the_staged_bf16_path(model_and_tokenize
     ids_rows = [len(t.trunk) + sum(len(b) for b in t.branches) for t in trees]
     assert max(ids_rows) < 32 and len(trees) > 128 // 32  # several rows per tile, several tiles: both threads work
     amx = scorer.score(trees)
-    assert scorer.engine._amx is not None  # packed and used
+    assert scorer.engine._packed is not None  # packed and used
     staged = scorer_on("compiled", model, "bf16")
-    staged.engine._amx = None  # the torch-matmul + stages path
+    staged.engine._packed = None  # the torch-matmul + stages path
     staged = staged.score(trees)
     exact = Scorer(model, "fp32").score(trees)
     gap = lambda got, ref: max(abs(a.trunk - e.trunk) + sum(abs(x - y) for x, y in zip(a.branches, e.branches))
                                for a, e in zip(got, ref))  # fmt: skip
     assert gap(amx, exact) < 0.05 * 16 and gap(amx, staged) < 0.05 * 16  # bf16's tolerance (see the test above)
     assert gap(amx, staged) > 0  # another computation (float32 matmul outputs), not the staged one again
+
+
+def test_the_float32_layer_stack_agrees_with_the_staged_fp32_path(model_and_tokenizer):
+    """On AVX-512 fp32 scoring runs the layer stack in one compiled call (float32 tile matmuls); it must
+    give what torch's fp32 matmuls + the compiled stages give, to float32 rounding."""
+    model, _ = model_and_tokenizer
+    scorer = Scorer(model, "fp32")
+    stages = scorer.engine._native_stages()
+    if stages is None or not stages.f32_tiles:
+        pytest.skip("no compiled runtime or no AVX-512 on this CPU")
+    trees = random_trees(40, 300, seed=5)
+    packed = scorer.score(trees)
+    assert scorer.engine._packed is not None
+    staged = scorer_on("compiled", model, "fp32")
+    staged.engine._packed = None
+    staged = staged.score(trees)
+    for a, e in zip(packed, staged):
+        assert a.trunk == pytest.approx(e.trunk, abs=1e-4) and a.greedy == e.greedy
+        assert a.branches == pytest.approx(e.branches, abs=1e-4)
 
 
 def test_bad_requests_are_clear_errors(model_and_tokenizer):

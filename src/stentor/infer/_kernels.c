@@ -1286,12 +1286,61 @@ ST_AMX_FN static void amx_begin(void) { _tile_loadconfig(&AMX_CONFIG); }
 ST_AMX_FN static void amx_end(void) { _tile_release(); }
 #endif
 
+/* 1 when this CPU runs the float32 tile matmul (AVX-512F with FMA): the fp32 layer stack's path. */
+int st_f32_tiles_available(void) {
+#ifdef ST_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* A float32 matrix w [K, N] (input-major, as x @ w) into panels of 32 columns, each K rows of 32
+ * (what f32_gemm streams). N % 32 == 0. */
+void st_f32_pack(const float *w, int K, int N, float *out) {
+    for (int p = 0; p < N / 32; p++)
+        for (int k = 0; k < K; k++) memcpy(out + ((size_t)p * K + k) * 32, w + (size_t)k * N + p * 32, 32 * sizeof(float));
+}
+
+#ifdef ST_X86
+/* c [M, N] (+)= a [M, K] x b (packed by st_f32_pack), float32 with FMA: 8 rows x 32 columns of
+ * accumulators in registers, one panel of b reused by every 8 rows. M % 8 == 0, N % 32 == 0. */
+ST_AVX512 static void f32_gemm(const float *a, int M, int K, const float *b, int N, float *c, int accumulate) {
+    for (int n = 0; n < N; n += 32) {
+        const float *panel = b + (size_t)n * K;
+        for (int m = 0; m < M; m += 8) {
+            __m512 acc[8][2];
+            float *cr = c + (size_t)m * N + n;
+            const float *ar = a + (size_t)m * K;
+            for (int r = 0; r < 8; r++) {
+                acc[r][0] = accumulate ? _mm512_loadu_ps(cr + (size_t)r * N) : _mm512_setzero_ps();
+                acc[r][1] = accumulate ? _mm512_loadu_ps(cr + (size_t)r * N + 16) : _mm512_setzero_ps();
+            }
+            for (int k = 0; k < K; k++) {
+                __m512 b0 = _mm512_loadu_ps(panel + (size_t)k * 32), b1 = _mm512_loadu_ps(panel + (size_t)k * 32 + 16);
+                for (int r = 0; r < 8; r++) {
+                    __m512 av = _mm512_set1_ps(ar[(size_t)r * K + k]);
+                    acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                _mm512_storeu_ps(cr + (size_t)r * N, acc[r][0]);
+                _mm512_storeu_ps(cr + (size_t)r * N + 16, acc[r][1]);
+            }
+        }
+    }
+}
+#endif
+
 #define TREE_TILE_TOKENS 256 /* tokens per thread tile (measured: 64 / 128 / 256 / 512 gave 17.0 / 18.6 / 19.1 / 20.2 K tok/s) */
 
 typedef struct {
-    int rows, width, hidden, inner, heads, kv, head_dim, layers, tile_rows;
+    int rows, width, hidden, inner, heads, kv, head_dim, layers, tile_rows, f32;
     float eps;
     const void *const *w; /* per layer: norm1 (f32), qkv, o (packed), norm2 (f32), gate_up, down (packed) */
+    /* f32: the matmuls take float32 inputs and st_f32_pack'ed weights (f32_gemm), else bf16 ones on AMX */
     const float *final_norm, *cos, *sin;
     const int32_t *pos, *seg, *trunk;
     float *x;
@@ -1302,45 +1351,79 @@ typedef struct {
 
 static inline int64_t round_up(int64_t n, int64_t k) { return (n + k - 1) / k * k; }
 
-/* Scratch floats one thread needs: its tile's residual, matmul outputs, bf16 matmul inputs, one row's attention. */
-static int64_t tree_forward_floats(int width, int hidden, int inner, int heads, int kv, int head_dim, int *tile_rows) {
+/* Floats of scratch for n matmul inputs: bf16 halves, or float32 (16-float aligned either way). */
+static inline int64_t input_floats(int64_t n, int f32) { return round_up(f32 ? n : (n + 1) / 2, 16); }
+
+/* Scratch floats one thread needs: its tile's residual, matmul outputs, matmul inputs (bf16, or float32
+ * when f32), one row's attention. */
+static int64_t tree_forward_floats(int width, int hidden, int inner, int heads, int kv, int head_dim, int f32,
+                                   int *tile_rows) {
     int rows = width >= TREE_TILE_TOKENS ? 1 : TREE_TILE_TOKENS / width;
     int64_t Tp = round_up((int64_t)rows * width, 32), qkv_w = (int64_t)(heads + 2 * kv) * head_dim;
     int64_t widest_in = hidden > inner ? hidden : inner, widest_out = qkv_w > 2 * inner ? qkv_w : 2 * inner;
     if ((int64_t)heads * head_dim > widest_in) widest_in = (int64_t)heads * head_dim;
     if (tile_rows) *tile_rows = rows;
-    return round_up(Tp * hidden, 16) + round_up(Tp * widest_out, 16) + round_up((Tp * widest_in + 1) / 2, 16) + width +
+    return round_up(Tp * hidden, 16) + round_up(Tp * widest_out, 16) + input_floats(Tp * widest_in, f32) + width +
            2 * (int64_t)width * head_dim + (int64_t)width * heads * head_dim;
 }
 
-int64_t st_tree_forward_floats(int width, int hidden, int inner, int heads, int kv, int head_dim) {
-    return tree_forward_floats(width, hidden, inner, heads, kv, head_dim, NULL);
+int64_t st_tree_forward_floats(int width, int hidden, int inner, int heads, int kv, int head_dim, int f32) {
+    return tree_forward_floats(width, hidden, inner, heads, kv, head_dim, f32, NULL);
 }
 
-#ifdef ST_AMX
-/* Rows 0..T-1 of x [*, d] normed into bf16 a; rows T..Tp-1 of a zeroed (the matmul reads whole 32-row blocks). */
-static void norm_to_bf16(const float *x, const float *w, int T, int Tp, int d, float eps, float *tmp, uint16_t *a) {
+#ifdef ST_X86
+/* n floats into the matmul input at element `at`: bf16 for AMX, float32 as they are for f32_gemm. */
+static inline void put_input(int f32, const float *src, int n, void *in, size_t at) {
+    if (f32)
+        memcpy((float *)in + at, src, (size_t)n * sizeof(float));
+    else
+        bf16_store(src, n, (uint16_t *)in + at);
+}
+
+static inline void zero_input(int f32, void *in, size_t at, size_t n) {
+    size_t size = f32 ? sizeof(float) : sizeof(uint16_t);
+    memset((char *)in + at * size, 0, n * size);
+}
+
+/* Rows 0..T-1 of x [*, d] normed into the matmul input; rows T..Tp-1 zeroed (the matmuls read whole blocks). */
+static void norm_input(int f32, const float *x, const float *w, int T, int Tp, int d, float eps, float *tmp, void *in) {
     for (int t = 0; t < T; t++) {
-        rms_norm(x + (size_t)t * d, w, tmp, d, eps);
-        bf16_store(tmp, d, a + (size_t)t * d);
+        if (f32) {
+            rms_norm(x + (size_t)t * d, w, (float *)in + (size_t)t * d, d, eps);
+        } else {
+            rms_norm(x + (size_t)t * d, w, tmp, d, eps);
+            bf16_store(tmp, d, (uint16_t *)in + (size_t)t * d);
+        }
     }
-    memset(a + (size_t)T * d, 0, (size_t)(Tp - T) * d * sizeof(uint16_t));
+    zero_input(f32, in, (size_t)T * d, (size_t)(Tp - T) * d);
+}
+
+static void tile_gemm(int f32, const void *a, int M, int K, const void *b, int N, float *c, int accumulate) {
+#ifdef ST_AMX
+    if (!f32) {
+        amx_gemm(a, M, K, b, N, c, accumulate);
+        return;
+    }
+#endif
+    f32_gemm(a, M, K, b, N, c, accumulate);
 }
 
 static void tree_forward_job(void *arg, int tid, int nt) {
     (void)nt;
     tree_fwd_args *f = arg;
-    int W = f->width, D = f->hidden, F = f->inner, H = f->heads, KV = f->kv, HD = f->head_dim;
+    int W = f->width, D = f->hidden, F = f->inner, H = f->heads, KV = f->kv, HD = f->head_dim, f32 = f->f32;
     int qkv_w = (H + 2 * KV) * HD, att_w = H * HD, Tmax = f->tile_rows * W;
     int64_t Tpmax = round_up(Tmax, 32), widest_out = qkv_w > 2 * F ? qkv_w : 2 * F;
     float *xb = f->scratch + (size_t)tid * f->per_thread;
     float *cb = xb + round_up(Tpmax * D, 16);
-    uint16_t *ab = (uint16_t *)(cb + round_up(Tpmax * widest_out, 16));
+    void *ab = cb + round_up(Tpmax * widest_out, 16);
     int64_t widest_in = D > F ? D : F;
     if (att_w > widest_in) widest_in = att_w;
-    float *scores = (float *)ab + round_up((Tpmax * widest_in + 1) / 2, 16);
+    float *scores = (float *)ab + input_floats(Tpmax * widest_in, f32);
     float *keys = scores + W, *vals = keys + (size_t)W * HD, *o = vals + (size_t)W * HD;
-    amx_begin();
+#ifdef ST_AMX
+    if (!f32) amx_begin();
+#endif
     for (;;) {
         int r0 = atomic_fetch_add(&f->next, 1) * f->tile_rows;
         if (r0 >= f->rows) break;
@@ -1350,55 +1433,59 @@ static void tree_forward_job(void *arg, int tid, int nt) {
         memset(xb + (size_t)T * D, 0, (size_t)(Tp - T) * D * sizeof(float));
         for (int l = 0; l < f->layers; l++) {
             const void *const *w = f->w + 6 * l;
-            norm_to_bf16(xb, w[0], T, Tp, D, f->eps, o, ab);
-            amx_gemm(ab, Tp, D, w[1], qkv_w, cb, 0);
+            norm_input(f32, xb, w[0], T, Tp, D, f->eps, o, ab);
+            tile_gemm(f32, ab, Tp, D, w[1], qkv_w, cb, 0);
             for (int r = 0; r < nr; r++) {
                 size_t at = (size_t)(r0 + r) * W;
                 float *q = cb + (size_t)r * W * qkv_w;
                 rope_rows(q, W, H, KV, HD, f->pos + at, f->cos, f->sin);
                 attend_tree_row(q, W, H, KV, HD, f->seg + at, f->trunk[r0 + r], scores, keys, vals, o);
-                bf16_store(o, W * att_w, ab + (size_t)r * W * att_w);
+                put_input(f32, o, W * att_w, ab, (size_t)r * W * att_w);
             }
-            memset(ab + (size_t)T * att_w, 0, (size_t)(Tp - T) * att_w * sizeof(uint16_t));
-            amx_gemm(ab, Tp, att_w, w[2], D, xb, 1);
-            norm_to_bf16(xb, w[3], T, Tp, D, f->eps, o, ab);
-            amx_gemm(ab, Tp, D, w[4], 2 * F, cb, 0);
+            zero_input(f32, ab, (size_t)T * att_w, (size_t)(Tp - T) * att_w);
+            tile_gemm(f32, ab, Tp, att_w, w[2], D, xb, 1);
+            norm_input(f32, xb, w[3], T, Tp, D, f->eps, o, ab);
+            tile_gemm(f32, ab, Tp, D, w[4], 2 * F, cb, 0);
             for (int t = 0; t < T; t++) {
                 float *g = cb + (size_t)t * 2 * F;
                 silu_mul(g, g + F, F);
-                bf16_store(g, F, ab + (size_t)t * F);
+                put_input(f32, g, F, ab, (size_t)t * F);
             }
-            memset(ab + (size_t)T * F, 0, (size_t)(Tp - T) * F * sizeof(uint16_t));
-            amx_gemm(ab, Tp, F, w[5], D, xb, 1);
+            zero_input(f32, ab, (size_t)T * F, (size_t)(Tp - T) * F);
+            tile_gemm(f32, ab, Tp, F, w[5], D, xb, 1);
         }
         for (int t = 0; t < T; t++) rms_norm(xb + (size_t)t * D, f->final_norm, x + (size_t)t * D, D, f->eps);
     }
-    amx_end();
+#ifdef ST_AMX
+    if (!f32) amx_end();
+#endif
 }
 #endif
 
-/* The layer stack of packed trees (what st_tree_attention's comment describes) on AMX: x [rows * width,
- * hidden] float32 holds the embeddings and receives the final normed hidden states. `w`: 6 pointers per
- * layer (see tree_fwd_args). -1 without AMX or for sizes the tiles do not divide (hidden, inner, heads *
- * head_dim and the qkv width multiples of 32); -2 when the scratch is too small for the pool. */
-int st_tree_forward(int rows, int width, int hidden, int inner, int heads, int kv, int head_dim, int layers, float eps,
-                    const void *const *w, const float *final_norm, const float *cos, const float *sin,
+/* The layer stack of packed trees (what st_tree_attention's comment describes) in one call, each thread
+ * taking tiles of whole rows through every layer: x [rows * width, hidden] float32 holds the embeddings
+ * and receives the final normed hidden states. `w`: 6 pointers per layer (see tree_fwd_args); f32 picks
+ * the float32 matmuls (AVX-512, weights by st_f32_pack), else bf16 on AMX (st_amx_pack). -1 where that
+ * matmul cannot run or for sizes it does not divide (hidden, inner, heads * head_dim and the qkv width
+ * multiples of 32); -2 when the scratch is too small for the pool. */
+int st_tree_forward(int rows, int width, int hidden, int inner, int heads, int kv, int head_dim, int layers, int f32,
+                    float eps, const void *const *w, const float *final_norm, const float *cos, const float *sin,
                     const int32_t *pos, const int32_t *seg, const int32_t *trunk, float *x, float *scratch,
                     int64_t scratch_floats) {
-#ifdef ST_AMX
+#ifdef ST_X86
     int qkv_w = (heads + 2 * kv) * head_dim;
-    if (!st_amx_available() || hidden % 32 || inner % 32 || (heads * head_dim) % 32 || qkv_w % 32 || head_dim % 2 ||
-        heads % kv)
+    if (!(f32 ? st_f32_tiles_available() : st_amx_available()) || hidden % 32 || inner % 32 ||
+        (heads * head_dim) % 32 || qkv_w % 32 || head_dim % 2 || heads % kv)
         return -1;
-    tree_fwd_args a = {rows, width, hidden, inner, heads, kv, head_dim, layers, 0, eps, w, final_norm, cos, sin, pos,
-                       seg, trunk, x, scratch, 0};
-    a.per_thread = tree_forward_floats(width, hidden, inner, heads, kv, head_dim, &a.tile_rows);
+    tree_fwd_args a = {rows, width, hidden, inner, heads, kv, head_dim, layers, 0, f32 != 0, eps, w, final_norm, cos,
+                       sin, pos, seg, trunk, x, scratch, 0};
+    a.per_thread = tree_forward_floats(width, hidden, inner, heads, kv, head_dim, a.f32, &a.tile_rows);
     atomic_init(&a.next, 0);
     return run_stage(tree_forward_job, &a, a.per_thread, scratch_floats);
 #else
-    (void)rows; (void)width; (void)hidden; (void)inner; (void)heads; (void)kv; (void)head_dim; (void)layers; (void)eps;
-    (void)w; (void)final_norm; (void)cos; (void)sin; (void)pos; (void)seg; (void)trunk; (void)x; (void)scratch;
-    (void)scratch_floats;
+    (void)rows; (void)width; (void)hidden; (void)inner; (void)heads; (void)kv; (void)head_dim; (void)layers; (void)f32;
+    (void)eps; (void)w; (void)final_norm; (void)cos; (void)sin; (void)pos; (void)seg; (void)trunk; (void)x;
+    (void)scratch; (void)scratch_floats;
     return -1;
 #endif
 }

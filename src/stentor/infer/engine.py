@@ -119,7 +119,8 @@ class Engine:
         self.vocab_size = config.vocab_size
         self._stages = None  # the compiled scoring stages, loaded by the first tree_hidden_states (decode never needs them)
         self._stages_checked = False
-        self._amx: tuple | None | bool = False  # (table address, table, tensors) once packed; None where AMX cannot run
+        # (table address, table, tensors) of the one-call layer stack once packed; None where it cannot run
+        self._packed: tuple | None | bool = False
         self._cache: list[torch.Tensor] = []
         self._step = torch.compile(self._forward, dynamic=True) if compile else self._forward
 
@@ -171,41 +172,49 @@ class Engine:
             pass
         return self._stages
 
-    def _amx_layers(self):
-        """The layer weights packed for the compiled AMX layer stack (bf16 engines on CPUs with AMX-BF16):
-        the address of a table of 6 pointers per layer, the table and the tensors it points into; None where it cannot run."""
-        if self._amx is not False:
-            return self._amx
-        self._amx = None
+    def _packed_layers(self):
+        """The layer weights packed for the compiled one-call layer stack (`_tree_body_packed`): float32
+        panels on AVX-512 for fp32 engines, bf16 tiles on AMX for bf16 ones. The address of a table of 6
+        pointers per layer, the table and the tensors it points into; None where it cannot run."""
+        if self._packed is not False:
+            return self._packed
+        self._packed = None
         stages = self._native_stages()
         qkv_width = (self.heads + 2 * self.kv_heads) * self.head_dim
         widths = (self.embed.shape[1], self.config.intermediate_size, self.heads * self.head_dim, qkv_width)
-        if self.dtype != torch.bfloat16 or stages is None or any(w % 32 for w in widths) or not stages.amx:
+        if stages is None or any(w % 32 for w in widths):
+            return None
+        if not (stages.f32_tiles if self.dtype == torch.float32 else self.dtype == torch.bfloat16 and stages.amx):
             return None
         import ctypes
 
         keep, pointers = [], []
         for layer in self.layers:
             for w in (layer.norm1, layer.w_qkv, layer.w_o, layer.norm2, layer.w_gate_up, layer.w_down):
-                if w.dtype == torch.bfloat16:
-                    w = self._amx_pack(w)
+                if w.dim() == 2:  # the matrices; the norms' weight vectors pass as they are
+                    w = self._pack(w)
                 keep.append(w)
                 pointers.append(w.data_ptr())
         table = (ctypes.c_void_p * len(pointers))(*pointers)
-        self._amx = (ctypes.addressof(table), table, keep)
-        return self._amx
+        self._packed = (ctypes.addressof(table), table, keep)
+        return self._packed
 
     def amx_head(self, weight: torch.Tensor) -> torch.Tensor | None:
         """An LM head [hidden, vocab] (float32) packed for the compiled AMX logprobs: [W_hi; W_hi; W_lo] as
         bf16 tiles, so hi.hi + lo.hi + hi.lo gives the logits to ~2^-16 on bf16 units. None where that
         cannot run (no AMX stack for this engine, or a vocabulary that is not a multiple of 32)."""
-        if self._amx_layers() is None or weight.shape[1] % 32:
+        if self.dtype != torch.bfloat16 or self._packed_layers() is None or weight.shape[1] % 32:
             return None
         hi = weight.to(torch.bfloat16)
-        return self._amx_pack(torch.cat([hi, hi, (weight - hi.float()).to(torch.bfloat16)]).contiguous())
+        return self._pack(torch.cat([hi, hi, (weight - hi.float()).to(torch.bfloat16)]).contiguous())
 
-    def _amx_pack(self, weight: torch.Tensor) -> torch.Tensor:
-        """A contiguous bf16 [in, out] matrix in AMX tile order (int16 storage, what the C calls read)."""
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        """A contiguous [in, out] matrix in the compiled matmuls' order: bf16 in AMX tiles (int16 storage,
+        what the C calls read), float32 in panels of 32 columns."""
+        if weight.dtype == torch.float32:
+            packed = torch.empty(weight.numel(), dtype=torch.float32)
+            self._stages.f32_pack(weight.data_ptr(), weight.shape[0], weight.shape[1], packed.data_ptr())
+            return packed
         packed = torch.empty(weight.numel(), dtype=torch.int16)
         self._stages.amx_pack(weight.data_ptr(), weight.shape[0], weight.shape[1], packed.data_ptr())
         return packed
@@ -269,19 +278,20 @@ class Engine:
         if ids.shape[1] > TREE_STAGES_MAX_WIDTH or self._native_stages() is None:
             return self.hidden_states(ids, positions, self._tree_mask(seg, trunk))
         self._check_length(int(positions.max()) + 1)
-        if self._amx_layers() is not None:
-            return self._tree_body_amx(ids, positions, seg, trunk)
+        if self._packed_layers() is not None:
+            return self._tree_body_packed(ids, positions, seg, trunk)
         return self._tree_body(ids, positions, seg, trunk)
 
-    def _tree_body_amx(self, ids: torch.Tensor, positions: torch.Tensor, seg: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
-        """tree_hidden_states in one compiled call (float32 out): AMX bf16 matmuls with float32 outputs,
-        everything else float32, each thread's tile of rows through every layer in its own cache."""
-        table = self._amx[0]
+    def _tree_body_packed(self, ids: torch.Tensor, positions: torch.Tensor, seg: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        """tree_hidden_states in one compiled call (float32 out), each thread's tile of rows through every
+        layer in its own cache: float32 matmuls on AVX-512, or AMX bf16 ones with float32 outputs (then
+        only the matmul inputs are bf16; norms, RoPE, attention and SiLU are float32 either way)."""
+        table = self._packed[0]
         rows, width = ids.shape
         i32 = [t.to(torch.int32).contiguous() for t in (positions, seg, trunk)]
         x = F.embedding(ids.view(-1), self.embed).float().contiguous()
         sizes = (self.embed.shape[1], self.config.intermediate_size, self.heads, self.kv_heads, self.head_dim, len(self.layers))
-        ran = self._stages.tree_forward(rows, width, sizes, self.eps, table, self.norm.data_ptr(),
+        ran = self._stages.tree_forward(rows, width, sizes, self.dtype == torch.float32, self.eps, table, self.norm.data_ptr(),
                                         self.cos_half.data_ptr(), self.sin_half.data_ptr(), i32[0].data_ptr(),
                                         i32[1].data_ptr(), i32[2].data_ptr(), x.data_ptr())  # fmt: skip
         return x if ran else self._tree_body(ids, positions, seg, trunk)

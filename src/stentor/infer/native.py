@@ -95,9 +95,11 @@ def library() -> ctypes.CDLL:
                 lib.st_logprobs.argtypes, lib.st_logprobs.restype = [i32, i32, i32, p, p, p, p, p, i64], i32
                 lib.st_amx_available.argtypes, lib.st_amx_available.restype = [], i32
                 lib.st_amx_pack.argtypes, lib.st_amx_pack.restype = [p, i32, i32, p], None
-                lib.st_tree_forward_floats.argtypes = [i32] * 6
+                lib.st_f32_tiles_available.argtypes, lib.st_f32_tiles_available.restype = [], i32
+                lib.st_f32_pack.argtypes, lib.st_f32_pack.restype = [p, i32, i32, p], None
+                lib.st_tree_forward_floats.argtypes = [i32] * 7
                 lib.st_tree_forward_floats.restype = i64
-                lib.st_tree_forward.argtypes = [i32] * 8 + [f32] + [p] * 9 + [i64]
+                lib.st_tree_forward.argtypes = [i32] * 9 + [f32] + [p] * 9 + [i64]
                 lib.st_tree_forward.restype = i32
                 lib.st_amx_logprobs_floats.argtypes, lib.st_amx_logprobs_floats.restype = [i32], i64
                 lib.st_amx_logprobs.argtypes, lib.st_amx_logprobs.restype = [i32, i32, i32, p, p, p, p, p, p, i64], i32
@@ -177,9 +179,18 @@ class Stages:
         """Whether this CPU and kernel give the process AMX-BF16 tiles (what `tree_forward` runs on)."""
         return bool(self.lib.st_amx_available())
 
+    @property
+    def f32_tiles(self) -> bool:
+        """Whether this CPU runs the float32 tile matmul (AVX-512F + FMA) of `tree_forward(f32=True)`."""
+        return bool(self.lib.st_f32_tiles_available())
+
     def amx_pack(self, weight: int, rows: int, cols: int, out: int) -> None:
         """A bf16 [rows, cols] matrix (input-major) into `out` (rows * cols bf16) in AMX tile order."""
         self.lib.st_amx_pack(weight, rows, cols, out)
+
+    def f32_pack(self, weight: int, rows: int, cols: int, out: int) -> None:
+        """A float32 [rows, cols] matrix (input-major) into `out` (rows * cols floats) in panels of 32 columns."""
+        self.lib.st_f32_pack(weight, rows, cols, out)
 
     def amx_logprobs(self, n: int, hidden: int, vocab: int, h: int, head: int, targets: int, logp: int,
                      greedy: int) -> bool:  # fmt: skip
@@ -188,16 +199,18 @@ class Stages:
         per_thread = self.lib.st_amx_logprobs_floats(hidden)
         return self._run(self.lib.st_amx_logprobs, per_thread, n, hidden, vocab, h, head, targets, logp, greedy) == 0
 
-    def tree_forward(self, rows: int, width: int, sizes: tuple[int, int, int, int, int, int], eps: float, weights: int,
-                     final_norm: int, cos: int, sin: int, pos: int, seg: int, trunk: int, x: int) -> bool:  # fmt: skip
-        """The whole layer stack of packed trees on AMX: x [rows * width, hidden] float32 embeddings in,
-        final normed hidden states out. sizes: hidden, inner, heads, kv heads, head dim, layers;
-        weights: 6 pointers per layer (norm1, packed qkv, packed o, norm2, packed gate_up, packed down).
-        False when AMX or these sizes cannot run it (nothing was written)."""
+    def tree_forward(self, rows: int, width: int, sizes: tuple[int, int, int, int, int, int], f32: bool, eps: float,
+                     weights: int, final_norm: int, cos: int, sin: int, pos: int, seg: int, trunk: int,
+                     x: int) -> bool:  # fmt: skip
+        """The whole layer stack of packed trees in one call: x [rows * width, hidden] float32 embeddings
+        in, final normed hidden states out. sizes: hidden, inner, heads, kv heads, head dim, layers;
+        weights: 6 pointers per layer (norm1, packed qkv, packed o, norm2, packed gate_up, packed down),
+        packed by `f32_pack` (f32: float32 matmuls on AVX-512) or `amx_pack` (bf16 on AMX).
+        False when that matmul or these sizes cannot run it (nothing was written)."""
         hidden, inner, heads, kv, head_dim, layers = sizes
-        per_thread = self.lib.st_tree_forward_floats(width, hidden, inner, heads, kv, head_dim)
-        return self._run(self.lib.st_tree_forward, per_thread, rows, width, *sizes, eps, weights, final_norm, cos, sin,
-                         pos, seg, trunk, x) == 0  # fmt: skip
+        per_thread = self.lib.st_tree_forward_floats(width, hidden, inner, heads, kv, head_dim, int(f32))
+        return self._run(self.lib.st_tree_forward, per_thread, rows, width, *sizes, int(f32), eps, weights, final_norm,
+                         cos, sin, pos, seg, trunk, x) == 0  # fmt: skip
 
 
 # -- weights --------------------------------------------------------------------------------------
