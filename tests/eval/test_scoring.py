@@ -78,22 +78,28 @@ def test_bf16_scores_are_close_to_fp32_but_not_equal(model_and_tokenizer):
     assert max(diffs) > 0  # the bf16 path really ran in bf16
 
 
+def packed_and_staged(model, precision: str, trees) -> tuple[list, list]:
+    """Scores from the one-call packed layer stack and from the staged path (torch matmuls + compiled
+    stages); skips where this CPU has no packed path for `precision` (AMX-BF16 for bf16, AVX-512 for fp32)."""
+    scorer = Scorer(model, precision)
+    stages = scorer.engine._native_stages()
+    if stages is None or not (stages.amx if precision == "bf16" else stages.f32_tiles):
+        pytest.skip(f"no compiled runtime or no packed {precision} layer stack on this CPU")
+    packed = scorer.score(trees)
+    assert scorer.engine._packed is not None  # packed and used
+    staged = scorer_on("compiled", model, precision)
+    staged.engine._packed = None  # the torch-matmul + stages path
+    return packed, staged.score(trees)
+
+
 def test_the_amx_layer_stack_agrees_with_the_staged_bf16_path(model_and_tokenizer):
     """Where the CPU has AMX-BF16, bf16 scoring runs the layer stack in one compiled call with float32
     matmul outputs; it must compute what the staged path (torch bf16 matmuls + compiled stages) does."""
     model, _ = model_and_tokenizer
-    scorer = Scorer(model, "bf16")
-    stages = scorer.engine._native_stages()
-    if stages is None or not stages.amx:
-        pytest.skip("no compiled runtime or no AMX-BF16 on this CPU")
     trees = random_trees(40, 300, seed=4)
     ids_rows = [len(t.trunk) + sum(len(b) for b in t.branches) for t in trees]
     assert max(ids_rows) < 32 and len(trees) > 128 // 32  # several rows per tile, several tiles: both threads work
-    amx = scorer.score(trees)
-    assert scorer.engine._packed is not None  # packed and used
-    staged = scorer_on("compiled", model, "bf16")
-    staged.engine._packed = None  # the torch-matmul + stages path
-    staged = staged.score(trees)
+    amx, staged = packed_and_staged(model, "bf16", trees)
     exact = Scorer(model, "fp32").score(trees)
     gap = lambda got, ref: max(abs(a.trunk - e.trunk) + sum(abs(x - y) for x, y in zip(a.branches, e.branches))
                                for a, e in zip(got, ref))  # fmt: skip
@@ -105,16 +111,7 @@ def test_the_float32_layer_stack_agrees_with_the_staged_fp32_path(model_and_toke
     """On AVX-512 fp32 scoring runs the layer stack in one compiled call (float32 tile matmuls); it must
     give what torch's fp32 matmuls + the compiled stages give, to float32 rounding."""
     model, _ = model_and_tokenizer
-    scorer = Scorer(model, "fp32")
-    stages = scorer.engine._native_stages()
-    if stages is None or not stages.f32_tiles:
-        pytest.skip("no compiled runtime or no AVX-512 on this CPU")
-    trees = random_trees(40, 300, seed=5)
-    packed = scorer.score(trees)
-    assert scorer.engine._packed is not None
-    staged = scorer_on("compiled", model, "fp32")
-    staged.engine._packed = None
-    staged = staged.score(trees)
+    packed, staged = packed_and_staged(model, "fp32", random_trees(40, 300, seed=5))
     for a, e in zip(packed, staged):
         assert a.trunk == pytest.approx(e.trunk, abs=1e-4) and a.greedy == e.greedy
         assert a.branches == pytest.approx(e.branches, abs=1e-4)
