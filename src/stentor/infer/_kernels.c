@@ -156,6 +156,45 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
     out[2] = _mm512_reduce_add_ps(_mm512_add_ps(a2, a6));                                           \
     out[3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, a7));
 
+/* The same four rows times two vectors x and y (out[0..3] for x, out[4..7] for y): each weight is
+ * loaded (and, for int8, converted) once for both, and each product is summed in the order
+ * ST_DOT4_BODY sums it, so a row's result does not depend on whether it was paired. */
+#define ST_DOT4X2_FMA(LOAD, k, wk, i, xv, yv) \
+    do {                               \
+        __m512 wv = LOAD(wk + (i), m); \
+        a[k] = _mm512_fmadd_ps(wv, xv, a[k]); \
+        b[k] = _mm512_fmadd_ps(wv, yv, b[k]); \
+    } while (0)
+#define ST_DOT4X2_BODY(LOAD)                                                                         \
+    __m512 a[8], b[8];                                                                               \
+    for (int k = 0; k < 8; k++) a[k] = b[k] = _mm512_setzero_ps();                                   \
+    int i = 0;                                                                                       \
+    __mmask16 m = 0xFFFF;                                                                            \
+    for (; i + 32 <= cols; i += 32) {                                                                \
+        if (ahead) {                                                                                 \
+            for (int k = 0; k < 4; k++) {                                                            \
+                _mm_prefetch((const char *)(ahead + (size_t)k * cols + i), _MM_HINT_T0);             \
+                _mm_prefetch((const char *)(ahead + (size_t)k * cols + i + 16), _MM_HINT_T0);        \
+            }                                                                                        \
+        }                                                                                            \
+        __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);                        \
+        __m512 y0 = _mm512_loadu_ps(y + i), y1 = _mm512_loadu_ps(y + i + 16);                        \
+        ST_DOT4X2_FMA(LOAD, 0, w, i, x0, y0); ST_DOT4X2_FMA(LOAD, 1, w1, i, x0, y0);                             \
+        ST_DOT4X2_FMA(LOAD, 2, w2, i, x0, y0); ST_DOT4X2_FMA(LOAD, 3, w3, i, x0, y0);                            \
+        ST_DOT4X2_FMA(LOAD, 4, w, i + 16, x1, y1); ST_DOT4X2_FMA(LOAD, 5, w1, i + 16, x1, y1);                   \
+        ST_DOT4X2_FMA(LOAD, 6, w2, i + 16, x1, y1); ST_DOT4X2_FMA(LOAD, 7, w3, i + 16, x1, y1);                  \
+    }                                                                                                \
+    for (; i < cols; i += 16) {                                                                      \
+        m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);                           \
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + i), yv = _mm512_maskz_loadu_ps(m, y + i);           \
+        ST_DOT4X2_FMA(LOAD, 0, w, i, xv, yv); ST_DOT4X2_FMA(LOAD, 1, w1, i, xv, yv);                             \
+        ST_DOT4X2_FMA(LOAD, 2, w2, i, xv, yv); ST_DOT4X2_FMA(LOAD, 3, w3, i, xv, yv);                            \
+    }                                                                                                \
+    for (int k = 0; k < 4; k++) {                                                                    \
+        out[k] = _mm512_reduce_add_ps(_mm512_add_ps(a[k], a[k + 4]));                                \
+        out[4 + k] = _mm512_reduce_add_ps(_mm512_add_ps(b[k], b[k + 4]));                            \
+    }
+
 #define ST_LOAD_F32(p, m) _mm512_maskz_loadu_ps(m, p)
 #define ST_LOAD_I8(p, m) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)))
 
@@ -167,6 +206,18 @@ ST_AVX512 static void dot4_f32_avx512(const float *w, int cols, const float *x, 
 ST_AVX512 static void dot4_i8_avx512(const int8_t *w, int cols, const float *x, float *out, const int8_t *ahead) {
     const int8_t *w1 = w + cols, *w2 = w + 2 * (size_t)cols, *w3 = w + 3 * (size_t)cols;
     ST_DOT4_BODY(ST_LOAD_I8)
+}
+
+ST_AVX512 static void dot4x2_f32_avx512(const float *w, int cols, const float *x, const float *y, float *out,
+                                        const float *ahead) {
+    const float *w1 = w + cols, *w2 = w + 2 * (size_t)cols, *w3 = w + 3 * (size_t)cols;
+    ST_DOT4X2_BODY(ST_LOAD_F32)
+}
+
+ST_AVX512 static void dot4x2_i8_avx512(const int8_t *w, int cols, const float *x, const float *y, float *out,
+                                       const int8_t *ahead) {
+    const int8_t *w1 = w + cols, *w2 = w + 2 * (size_t)cols, *w3 = w + 3 * (size_t)cols;
+    ST_DOT4X2_BODY(ST_LOAD_I8)
 }
 #endif
 
@@ -180,7 +231,19 @@ static void dot4_i8_c(const int8_t *w, int cols, const float *x, float *out, con
     for (int k = 0; k < 4; k++) out[k] = dot_i8_c(w + (size_t)k * cols, x, cols);
 }
 
+static void dot4x2_f32_c(const float *w, int cols, const float *x, const float *y, float *out, const float *ahead) {
+    dot4_f32_c(w, cols, x, out, ahead);
+    dot4_f32_c(w, cols, y, out + 4, ahead);
+}
+
+static void dot4x2_i8_c(const int8_t *w, int cols, const float *x, const float *y, float *out, const int8_t *ahead) {
+    dot4_i8_c(w, cols, x, out, ahead);
+    dot4_i8_c(w, cols, y, out + 4, ahead);
+}
+
 static float (*dot_f32)(const float *, const float *, int) = dot_f32_c;
+static void (*dot4x2_f32)(const float *, int, const float *, const float *, float *, const float *) = dot4x2_f32_c;
+static void (*dot4x2_i8)(const int8_t *, int, const float *, const float *, float *, const int8_t *) = dot4x2_i8_c;
 static void (*dot4_f32)(const float *, int, const float *, float *, const float *) = dot4_f32_c;
 static void (*dot4_i8)(const int8_t *, int, const float *, float *, const int8_t *) = dot4_i8_c;
 static float (*dot_i8)(const int8_t *, const float *, int) = dot_i8_c;
@@ -316,11 +379,47 @@ static void silu_mul_c(float *g, const float *u, int n) {
     for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + fast_expf(-g[i])) * u[i];
 }
 
+/* b[i] = the bucket of p[i] (0..top), buckets spread linearly from lo, `scale` buckets per unit. */
+ST_HOT static void bucket_of(const float *p, int n, float lo, float scale, int top, int32_t *b) {
+    for (int i = 0; i < n; i++) {
+        int k = (int)((p[i] - lo) * scale);
+        b[i] = k < 0 ? 0 : (k < top ? k : top);
+    }
+}
+
+/* The indices i with b[i] == bucket and p[i] > 0, in order, into idx; returns how many. */
+static int in_bucket_c(const int32_t *b, const float *p, int n, int bucket, int32_t *idx) {
+    int count = 0;
+    for (int i = 0; i < n; i++) { /* branch-free: which side a token falls is random */
+        idx[count] = i;
+        count += b[i] == bucket && p[i] > 0;
+    }
+    return count;
+}
+
+#ifdef ST_X86
+ST_AVX512 static int in_bucket_avx512(const int32_t *b, const float *p, int n, int bucket, int32_t *idx) {
+    __m512i want = _mm512_set1_epi32(bucket), lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int count = 0, i = 0;
+    for (; i + 16 <= n; i += 16) { /* a full 16-wide store at idx + count <= idx + i stays inside idx[0..n) */
+        __mmask16 hit = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(b + i), want) &
+                        _mm512_cmp_ps_mask(_mm512_loadu_ps(p + i), _mm512_setzero_ps(), _CMP_GT_OQ);
+        __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(i));
+        _mm512_storeu_si512(idx + count, _mm512_maskz_compress_epi32(hit, at));
+        count += __builtin_popcount(hit);
+    }
+    int rest = in_bucket_c(b + i, p + i, n - i, bucket, idx + count);
+    for (int c = count; c < count + rest; c++) idx[c] += i;
+    return count + rest;
+}
+#endif
+
 /* p = exp(s - mx), 0 where s is -inf; returns the sum. */
 static double (*exp_sum)(const float *, float *, int, float) = exp_sum_c;
 /* g = silu(g) * u */
 static void (*silu_mul)(float *, const float *, int) = silu_mul_c;
 static void (*attend)(const float *, const float *, const float *, int, int, float, float *, float *) = attend_c;
+static int (*in_bucket)(const int32_t *, const float *, int, int, int32_t *) = in_bucket_c;
 
 /* bfloat16 <-> float32 rows, for the scoring stages (torch's bf16 tensors) */
 static inline float bf16_to_f32(uint16_t h) {
@@ -388,9 +487,12 @@ static void pick_kernels(void) {
         dot_i8 = dot_i8_avx512;
         dot4_f32 = dot4_f32_avx512;
         dot4_i8 = dot4_i8_avx512;
+        dot4x2_f32 = dot4x2_f32_avx512;
+        dot4x2_i8 = dot4x2_i8_avx512;
         exp_sum = exp_sum_avx512;
         silu_mul = silu_mul_avx512;
         attend = attend_avx512;
+        in_bucket = in_bucket_avx512;
         bf16_load = bf16_load_avx512;
         bf16_store = bf16_store_avx512;
     }
@@ -600,21 +702,30 @@ static void matmul(const st_mat *m, const float *in, int n, float *out, int accu
     int lo, hi, cols = m->cols;
     split_rows(m->rows, tid, nt, &lo, &hi);
     int j = lo;
-    float v[4];
+    float v[8];
     for (; j + 4 <= hi; j += 4)
-        for (int r = 0; r < n; r++) {
-            const float *xr = in + (size_t)r * cols;
-            float *o = out + (size_t)r * m->rows + j;
+        for (int r = 0; r < n; r += 2) {
+            int pair = r + 1 < n; /* two inputs per pass over the block where there are two */
+            const float *xr = in + (size_t)r * cols, *yr = xr + cols;
             int prefetch = r == 0 && n > 1 && j + 8 <= hi; /* one input: the hardware prefetcher keeps up */
             if (m->type == WT_I8) {
-                const int8_t *wj = (const int8_t *)m->w + (size_t)j * cols;
-                dot4_i8(wj, cols, xr, v, prefetch ? wj + 4 * (size_t)cols : NULL);
-                for (int k = 0; k < 4; k++) v[k] *= m->scale[j + k];
+                const int8_t *wj = (const int8_t *)m->w + (size_t)j * cols, *ahead = prefetch ? wj + 4 * (size_t)cols : NULL;
+                if (pair)
+                    dot4x2_i8(wj, cols, xr, yr, v, ahead);
+                else
+                    dot4_i8(wj, cols, xr, v, ahead);
+                for (int k = 0; k < 8; k++) v[k] *= m->scale[j + (k & 3)];
             } else {
-                const float *wj = (const float *)m->w + (size_t)j * cols;
-                dot4_f32(wj, cols, xr, v, prefetch ? wj + 4 * (size_t)cols : NULL);
+                const float *wj = (const float *)m->w + (size_t)j * cols, *ahead = prefetch ? wj + 4 * (size_t)cols : NULL;
+                if (pair)
+                    dot4x2_f32(wj, cols, xr, yr, v, ahead);
+                else
+                    dot4_f32(wj, cols, xr, v, ahead);
             }
-            for (int k = 0; k < 4; k++) o[k] = accumulate ? o[k] + v[k] : v[k];
+            for (int q = 0; q <= pair; q++) {
+                float *o = out + (size_t)(r + q) * m->rows + j;
+                for (int k = 0; k < 4; k++) o[k] = accumulate ? o[k] + v[4 * q + k] : v[4 * q + k];
+            }
         }
     for (; j < hi; j++)
         for (int r = 0; r < n; r++) {
@@ -838,11 +949,9 @@ static void top_p_filter(float *s, const float *p, int n, float top_p, double to
         double hist[BUCKETS], part[4][BUCKETS];
         memset(part, 0, sizeof(part));
         float scale = (BUCKETS - 0.5f) / (hi - lo);
-        for (int i = 0; i < n; i++) {
-            int b = (int)((p[i] - lo) * scale);
-            b = b < 0 ? 0 : (b < BUCKETS ? b : BUCKETS - 1);
-            part[i & 3][b] += p[i];
-        }
+        int32_t *bucket = idx2; /* free until the refining passes below */
+        bucket_of(p, n, lo, scale, BUCKETS - 1, bucket);
+        for (int i = 0; i < n; i++) part[i & 3][bucket[i]] += p[i];
         for (int b = 0; b < BUCKETS; b++) hist[b] = (part[0][b] + part[1][b]) + (part[2][b] + part[3][b]);
         int cross = 0, top = BUCKETS - 1;
         while (top > 0 && hist[top] == 0) top--;
@@ -851,13 +960,8 @@ static void top_p_filter(float *s, const float *p, int n, float top_p, double to
             below += hist[cross];
         }
         higher = cross < top;
-        for (int i = 0; i < n; i++) { /* branch-free: which side a token falls is random */
-            int b = (int)((p[i] - lo) * scale);
-            b = b < 0 ? 0 : (b < BUCKETS ? b : BUCKETS - 1);
-            s[i] = b < cross ? -INFINITY : s[i];
-            idx[count] = i;
-            count += b == cross && p[i] > 0;
-        }
+        for (int i = 0; i < n; i++) s[i] = bucket[i] < cross ? -INFINITY : s[i];
+        count = in_bucket(bucket, p, n, cross, idx);
     } else {
         for (int i = 0; i < n; i++) {
             idx[count] = i;
@@ -957,6 +1061,30 @@ ST_HOT static int warp_row(float *s, int V, const uint8_t *sn, const uint8_t *bn
     return -1;
 }
 
+/* The first token whose cumulative probability (vocabulary order, as torch.multinomial) passes
+ * `target`, or the last token with any where rounding leaves the sum short; -1 when p is all 0.
+ * Blocks of 64 are summed whole (8 lanes) until the one where the sum passes, then token by token. */
+ST_HOT static int inverse_cdf(const float *p, int n, double target) {
+    enum { BLOCK = 64 };
+    double acc = 0;
+    int t = 0;
+    for (; t + BLOCK <= n; t += BLOCK) {
+        double lane[8] = {0};
+        for (int j = 0; j < BLOCK; j++) lane[j & 7] += p[t + j];
+        double sum = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+        if (acc + sum > target) break;
+        acc += sum;
+    }
+    for (; t < n; t++) {
+        if (p[t] <= 0) continue;
+        acc += p[t];
+        if (acc > target) return t;
+    }
+    for (t = n - 1; t >= 0; t--)
+        if (p[t] > 0) return t;
+    return -1;
+}
+
 /* Choose the next token of each of `n` rows. logits [n, V] (modified); seen/banned [*, V] indexed by
  * rows[i]; params per row; u[i] uniform in [0, 1) (unused for greedy rows). seen is updated. */
 ST_HOT void st_sample(int n, int V, float *logits, const int32_t *rows, uint8_t *seen, const uint8_t *banned,
@@ -967,16 +1095,8 @@ ST_HOT void st_sample(int n, int V, float *logits, const int32_t *rows, uint8_t 
         uint8_t *sn = seen + (size_t)rows[i] * V;
         double total = 0;
         int token = warp_row(s, V, sn, banned ? banned + (size_t)rows[i] * V : NULL, &params[i], work, &total);
-        if (token < 0) { /* the inverse CDF in vocabulary order, as torch.multinomial */
-            double target = u[i] * total, acc = 0;
-            for (int t = 0; t < V; t++) {
-                if (p[t] <= 0) continue;
-                acc += p[t];
-                token = t;
-                if (acc > target) break;
-            }
-            if (token < 0) token = argmax(s, V);
-        }
+        if (token < 0) token = inverse_cdf(p, V, u[i] * total);
+        if (token < 0) token = argmax(s, V);
         sn[token] = 1;
         out[i] = token;
     }
