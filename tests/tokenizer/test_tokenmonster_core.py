@@ -63,24 +63,30 @@ unk: true
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _python(vocab: Vocab) -> Vocab:
+    """The reference: pinned to the Python kernels (a Vocab would attach numba's after 64 KiB of text)."""
+    vocab.set_backend(None)
+    return vocab
+
+
 @pytest.fixture(scope="module")
 def cap2() -> Vocab:
-    return build_vocab_from_yaml(CAP2)
+    return _python(build_vocab_from_yaml(CAP2))
 
 
 @pytest.fixture(scope="module")
 def cap1() -> Vocab:
-    return build_vocab_from_yaml(CAP1)
+    return _python(build_vocab_from_yaml(CAP1))
 
 
 @pytest.fixture(scope="module")
 def cap0() -> Vocab:
-    return build_vocab_from_yaml(CAP0)
+    return _python(build_vocab_from_yaml(CAP0))
 
 
 @pytest.fixture(scope="module")
 def cap2_unk() -> Vocab:
-    return build_vocab_from_yaml(CAP2_UNK)
+    return _python(build_vocab_from_yaml(CAP2_UNK))
 
 
 def _nfd(data: bytes) -> str:
@@ -368,3 +374,21 @@ def test_encode_batch_matches_serial(tmp_path: Path, cap2: Vocab) -> None:
     serial = [cap2.encode(t) for t in texts]
     assert encode_batch(path, texts, num_workers=2) == serial
     assert encode_batch(cap2, texts, num_workers=1) == serial
+
+
+@pytest.mark.skipif(not fast.available(), reason="numba is not installed")
+def test_a_vocab_attaches_the_numba_kernels_once_it_has_encoded_enough_text(cap1: Vocab) -> None:
+    """A Vocab built directly starts on Python (short texts never pay numba's import) and switches after
+    AUTO_FAST_BYTES, with the same ids; a backend set explicitly is kept."""
+    from stentor.tokenizer.tokenmonster import AUTO_FAST_BYTES, PYTHON_BACKEND
+
+    auto = Vocab.from_bytes(cap1.to_bytes())
+    text = " ".join(WORDS) + " Once upon a time. "
+    assert auto.encode(text) == cap1.encode(text)
+    assert auto.backend is PYTHON_BACKEND
+    corpus = text * (AUTO_FAST_BYTES // len(text.encode()) + 1)
+    assert auto.encode(corpus) == cap1.encode(corpus)
+    assert auto.backend is fast.backend()
+    assert auto.encode_many([text, corpus]) == [cap1.encode(text), cap1.encode(corpus)]
+    assert cap1.backend is PYTHON_BACKEND  # pinned by set_backend(None), after all the text above
+    assert pickle.loads(pickle.dumps(auto)).backend is PYTHON_BACKEND  # a copy starts over on Python

@@ -586,6 +586,9 @@ def _encode_many_kernel(buf: Any, starts: Any, lengths: Any, level: int, aprops:
     return total
 
 
+AUTO_FAST_BYTES = 1 << 16  # text a Vocab encodes on the Python kernels before it attaches numba's (~0.5 s of it)
+
+
 class Backend(NamedTuple):
     """The kernels in callable form; the default runs them as plain Python over lists. `encode_many`
     (`_encode_many_kernel`, compiled) tokenizes a batch of texts in one call; None: one text at a time."""
@@ -971,15 +974,21 @@ class Vocab:
         self._table: dict[int, bytes] = {}
         for rec in records:
             self._table[rec.id] = rec.token
-        self._tok_arrays: tuple[Any, ...] | None = None
+        self._tok_arrays: tuple[Any, ...] | None = None  # (the backend they were built for, the tables)
         self._backend = PYTHON_BACKEND
+        self._auto_fast = True  # attach the numba kernels after AUTO_FAST_BYTES (see _count_python_bytes)
+        self._python_bytes = 0
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the vocabulary, not the compiled backend or derived tables (rebuilt on demand)."""
         state = self.__dict__.copy()
-        state["_backend"] = PYTHON_BACKEND
+        del state["_backend"]  # the kernels are functions of this module: __setstate__ re-attaches them
         state["_tok_arrays"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._backend, self._auto_fast, self._python_bytes = PYTHON_BACKEND, True, 0  # a copy starts over on Python
 
     # -- loading and saving
 
@@ -1187,18 +1196,37 @@ class Vocab:
     # -- encoding
 
     def set_backend(self, backend: Backend | None) -> None:
-        """Install compiled kernels (e.g. stentor.tokenizer.fast); None restores the Python ones."""
+        """Install compiled kernels (e.g. stentor.tokenizer.fast); None restores the Python ones (and keeps
+        them: a backend set here is never switched automatically)."""
         self._backend = backend or PYTHON_BACKEND
-        self._tok_arrays = None
+        self._auto_fast = False
+
+    def _count_python_bytes(self, n: int) -> None:
+        """After AUTO_FAST_BYTES of text on the Python kernels, attach the numba ones when numba is there.
+
+        A Vocab starts on Python (StentorTokenizer.from_pretrained, AutoTokenizer, Vocab.load): importing
+        numba and loading its cached kernels costs ~0.85 s, more than a few short texts take, while a
+        corpus runs ~25x faster on them. A copy of this module saved beside a model keeps its own kernels.
+        """
+        self._python_bytes += n
+        if self._python_bytes < AUTO_FAST_BYTES:
+            return
+        self._auto_fast = False
+        if __name__ != "stentor.tokenizer.tokenmonster":
+            return
+        from stentor.tokenizer import fast
+
+        if fast.available():
+            self._backend = fast.backend()
 
     @property
     def backend(self) -> Backend:
         return self._backend
 
-    def _arrays(self) -> tuple[Any, ...]:
-        """Record tables and the flattened trie (open-addressing edge hash) for the tokenizer kernel."""
-        if self._tok_arrays is not None:
-            return self._tok_arrays
+    def _arrays(self, backend: Backend) -> tuple[Any, ...]:
+        """Record tables and the flattened trie (open-addressing edge hash) for `backend`'s tokenizer kernel."""
+        if self._tok_arrays is not None and self._tok_arrays[0] is backend:
+            return self._tok_arrays[1]
         recs = self._records
         node_rec = [-1]
         edges: dict[int, int] = {}
@@ -1234,22 +1262,24 @@ class Vocab:
         cols = ([len(r.token) for r in recs], [r.id for r in recs], [r.flags for r in recs],
                 [r.nwords for r in recs], [noalt(r.alt1) for r in recs], [noalt(r.alt2) for r in recs], etab)
         begin = list(self._begin)
-        if self._backend.uses_arrays:
+        if backend.uses_arrays:
             cols = tuple(np.asarray(c, dtype=np.int64) for c in cols)
             begin = np.frombuffer(self._begin, dtype=np.uint8).astype(np.int64)
-        self._tok_arrays = (*cols, mask, begin, space_node, o)
-        return self._tok_arrays
+        arrays = (*cols, mask, begin, space_node, o)
+        self._tok_arrays = (backend, arrays)
+        return arrays
 
     def encode_prepared(self, text: bytes) -> list[int]:
         """Tokenize bytes that are already normalized and capcoded (the vocabulary's encoded form)."""
         n = len(text)
         if n == 0 or self._max_len == 0:
             return []
-        rlen, rid, rflags, rnw, ralt1, ralt2, etab, mask, begin, space_node, o = self._arrays()
+        backend = self._backend  # read once: another thread may attach the numba kernels meanwhile
+        rlen, rid, rflags, rnw, ralt1, ralt2, etab, mask, begin, space_node, o = self._arrays(backend)
         unk = -1 if self._unk_id is None else self._unk_id
         delid = -1 if self._delete_id is None or space_node < 0 else self._delete_id
         cap = 2 * n + 8
-        if self._backend.uses_arrays:
+        if backend.uses_arrays:
             buf = np.frombuffer(text + b"\0", dtype=np.uint8)
             out = np.empty(cap, dtype=np.int32)  # ids and record indexes are below 2**24
             lp = np.full(n + 1, -2, dtype=np.int32)
@@ -1259,15 +1289,18 @@ class Vocab:
             out = [0] * cap
             lp = [-2] * (n + 1)
             lpb = [-2] * (n + 1)
-        count = self._backend.tokenize(buf, n, rlen, rid, rflags, rnw, ralt1, ralt2, etab, mask,
+        count = backend.tokenize(buf, n, rlen, rid, rflags, rnw, ralt1, ralt2, etab, mask,
                                        begin, self._max_len, unk, delid, space_node, o, out, lp, lpb)
         if count < 0:
             raise VocabError(f"{self._name}: tokenizer made no progress on a {n}-byte input")
-        return out[:count].tolist() if self._backend.uses_arrays else out[:count]
+        return out[:count].tolist() if backend.uses_arrays else out[:count]
 
     def prepare(self, text: str | bytes) -> bytes:
         """Normalize and capcode-encode input (str is UTF-8 encoded first; invalid UTF-8 passes through)."""
-        return capcode_encode(normalize(_as_bytes(text), self._normalization), self._capcode, self._backend)
+        data = _as_bytes(text)
+        if self._auto_fast:
+            self._count_python_bytes(len(data))
+        return capcode_encode(normalize(data, self._normalization), self._capcode, self._backend)
 
     def encode(self, text: str | bytes) -> list[int]:
         """Token ids for `text`: normalization, capcode, then the branching tokenizer."""
@@ -1276,7 +1309,8 @@ class Vocab:
     def encode_many(self, texts: Sequence[str | bytes]) -> list[list[int]]:
         """`[self.encode(t) for t in texts]`, in one compiled call where the backend has one (a short text
         such as a BLiMP sentence spends most of `encode` in per-call Python: ~60 us, against a few here)."""
-        many = self._backend.encode_many
+        backend = self._backend
+        many = backend.encode_many
         if many is None or self._max_len == 0 or len(texts) < 2:
             return [self.encode(t) for t in texts]
         datas = [normalize(_as_bytes(t), self._normalization) for t in texts]
@@ -1287,13 +1321,13 @@ class Vocab:
         longest = int(lengths.max())
         grow = (1, 3, 5)[self._capcode]  # capcode writes at most grow * n + 8 bytes (capcode_encode's sizes)
         if self._capcode:
-            ucps, uprops, ulows = _wide_tables(buf, len(buf), self._backend)  # every text's code points at once
+            ucps, uprops, ulows = _wide_tables(buf, len(buf), backend)  # every text's code points at once
         else:
             ucps = uprops = ulows = np.zeros(1, dtype=np.int64)
         size = grow * longest + 9
         coded = np.empty(size, dtype=np.uint8)
         isll = np.empty(size, dtype=np.uint8)
-        rlen, rid, rflags, rnw, ralt1, ralt2, etab, mask, begin, space_node, o = self._arrays()
+        rlen, rid, rflags, rnw, ralt1, ralt2, etab, mask, begin, space_node, o = self._arrays(backend)
         unk = -1 if self._unk_id is None else self._unk_id
         delid = -1 if self._delete_id is None or space_node < 0 else self._delete_id
         out = np.empty(2 * grow * int(lengths.sum()) + 24 * len(datas), dtype=np.int32)  # 2m + 8 ids per text at most
