@@ -1456,8 +1456,16 @@ ST_AVX512 static void f32_gemm(const float *a, int M, int K, const float *b, int
 
 #define TREE_TILE_TOKENS 256 /* tokens per thread tile (measured: 64 / 128 / 256 / 512 gave 17.0 / 18.6 / 19.1 / 20.2 K tok/s) */
 
+/* Where one thread's scratch holds its tile's residual (xb), matmul outputs (cb), matmul inputs (ab:
+ * bf16, or float32 when f32) and one row's attention (scores, keys, vals, o), as float offsets; `total`
+ * is the floats it needs. tile_rows: rows of `width` tokens per tile. */
 typedef struct {
-    int rows, width, hidden, inner, heads, kv, head_dim, layers, tile_rows, f32;
+    int tile_rows;
+    int64_t cb, ab, scores, keys, vals, o, total;
+} tree_scratch;
+
+typedef struct {
+    int rows, width, hidden, inner, heads, kv, head_dim, layers, f32;
     float eps;
     const void *const *w; /* per layer: norm1 (f32), qkv, o (packed), norm2 (f32), gate_up, down (packed) */
     /* f32: the matmuls take float32 inputs and st_f32_pack'ed weights (f32_gemm), else bf16 ones on AMX */
@@ -1465,7 +1473,7 @@ typedef struct {
     const int32_t *pos, *seg, *trunk;
     float *x;
     float *scratch;
-    int64_t per_thread;
+    tree_scratch layout;
     atomic_int next;
 } tree_fwd_args;
 
@@ -1474,21 +1482,24 @@ static inline int64_t round_up(int64_t n, int64_t k) { return (n + k - 1) / k * 
 /* Floats of scratch for n matmul inputs: bf16 halves, or float32 (16-float aligned either way). */
 static inline int64_t input_floats(int64_t n, int f32) { return round_up(f32 ? n : (n + 1) / 2, 16); }
 
-/* Scratch floats one thread needs: its tile's residual, matmul outputs, matmul inputs (bf16, or float32
- * when f32), one row's attention. */
-static int64_t tree_forward_floats(int width, int hidden, int inner, int heads, int kv, int head_dim, int f32,
-                                   int *tile_rows) {
-    int rows = width >= TREE_TILE_TOKENS ? 1 : TREE_TILE_TOKENS / width;
-    int64_t Tp = round_up((int64_t)rows * width, 32), qkv_w = (int64_t)(heads + 2 * kv) * head_dim;
+static tree_scratch tree_scratch_layout(int width, int hidden, int inner, int heads, int kv, int head_dim, int f32) {
+    tree_scratch t;
+    t.tile_rows = width >= TREE_TILE_TOKENS ? 1 : TREE_TILE_TOKENS / width;
+    int64_t Tp = round_up((int64_t)t.tile_rows * width, 32), qkv_w = (int64_t)(heads + 2 * kv) * head_dim;
     int64_t widest_in = hidden > inner ? hidden : inner, widest_out = qkv_w > 2 * inner ? qkv_w : 2 * inner;
     if ((int64_t)heads * head_dim > widest_in) widest_in = (int64_t)heads * head_dim;
-    if (tile_rows) *tile_rows = rows;
-    return round_up(Tp * hidden, 16) + round_up(Tp * widest_out, 16) + input_floats(Tp * widest_in, f32) + width +
-           2 * (int64_t)width * head_dim + (int64_t)width * heads * head_dim;
+    t.cb = round_up(Tp * hidden, 16);
+    t.ab = t.cb + round_up(Tp * widest_out, 16);
+    t.scores = t.ab + input_floats(Tp * widest_in, f32);
+    t.keys = t.scores + width;
+    t.vals = t.keys + (int64_t)width * head_dim;
+    t.o = t.vals + (int64_t)width * head_dim;
+    t.total = t.o + (int64_t)width * heads * head_dim;
+    return t;
 }
 
 int64_t st_tree_forward_floats(int width, int hidden, int inner, int heads, int kv, int head_dim, int f32) {
-    return tree_forward_floats(width, hidden, inner, heads, kv, head_dim, f32, NULL);
+    return tree_scratch_layout(width, hidden, inner, heads, kv, head_dim, f32).total;
 }
 
 #ifdef ST_X86
@@ -1532,22 +1543,18 @@ static void tree_forward_job(void *arg, int tid, int nt) {
     (void)nt;
     tree_fwd_args *f = arg;
     int W = f->width, D = f->hidden, F = f->inner, H = f->heads, KV = f->kv, HD = f->head_dim, f32 = f->f32;
-    int qkv_w = (H + 2 * KV) * HD, att_w = H * HD, Tmax = f->tile_rows * W;
-    int64_t Tpmax = round_up(Tmax, 32), widest_out = qkv_w > 2 * F ? qkv_w : 2 * F;
-    float *xb = f->scratch + (size_t)tid * f->per_thread;
-    float *cb = xb + round_up(Tpmax * D, 16);
-    void *ab = cb + round_up(Tpmax * widest_out, 16);
-    int64_t widest_in = D > F ? D : F;
-    if (att_w > widest_in) widest_in = att_w;
-    float *scores = (float *)ab + input_floats(Tpmax * widest_in, f32);
-    float *keys = scores + W, *vals = keys + (size_t)W * HD, *o = vals + (size_t)W * HD;
+    int qkv_w = (H + 2 * KV) * HD, att_w = H * HD;
+    const tree_scratch *at = &f->layout;
+    float *xb = f->scratch + (size_t)tid * at->total, *cb = xb + at->cb, *scores = xb + at->scores;
+    float *keys = xb + at->keys, *vals = xb + at->vals, *o = xb + at->o;
+    void *ab = xb + at->ab;
 #ifdef ST_AMX
     if (!f32) amx_begin();
 #endif
     for (;;) {
-        int r0 = atomic_fetch_add(&f->next, 1) * f->tile_rows;
+        int r0 = atomic_fetch_add(&f->next, 1) * at->tile_rows;
         if (r0 >= f->rows) break;
-        int nr = f->rows - r0 < f->tile_rows ? f->rows - r0 : f->tile_rows, T = nr * W, Tp = (int)round_up(T, 32);
+        int nr = f->rows - r0 < at->tile_rows ? f->rows - r0 : at->tile_rows, T = nr * W, Tp = (int)round_up(T, 32);
         float *x = f->x + (size_t)r0 * W * D;
         memcpy(xb, x, (size_t)T * D * sizeof(float));
         memset(xb + (size_t)T * D, 0, (size_t)(Tp - T) * D * sizeof(float));
@@ -1597,11 +1604,10 @@ int st_tree_forward(int rows, int width, int hidden, int inner, int heads, int k
     if (!(f32 ? st_f32_tiles_available() : st_amx_available()) || hidden % 32 || inner % 32 ||
         (heads * head_dim) % 32 || qkv_w % 32 || head_dim % 2 || heads % kv)
         return -1;
-    tree_fwd_args a = {rows, width, hidden, inner, heads, kv, head_dim, layers, 0, f32 != 0, eps, w, final_norm, cos,
-                       sin, pos, seg, trunk, x, scratch, 0};
-    a.per_thread = tree_forward_floats(width, hidden, inner, heads, kv, head_dim, a.f32, &a.tile_rows);
+    tree_fwd_args a = {rows, width, hidden, inner, heads, kv, head_dim, layers, f32 != 0, eps, w, final_norm, cos,
+                       sin, pos, seg, trunk, x, scratch, tree_scratch_layout(width, hidden, inner, heads, kv, head_dim, f32 != 0)};
     atomic_init(&a.next, 0);
-    return run_stage(tree_forward_job, &a, a.per_thread, scratch_floats);
+    return run_stage(tree_forward_job, &a, a.layout.total, scratch_floats);
 #else
     (void)rows; (void)width; (void)hidden; (void)inner; (void)heads; (void)kv; (void)head_dim; (void)layers; (void)f32;
     (void)eps; (void)w; (void)final_norm; (void)cos; (void)sin; (void)pos; (void)seg; (void)trunk; (void)x;
