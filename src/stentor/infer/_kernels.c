@@ -123,16 +123,18 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
  * accumulators per row keep eight FMA chains in flight (one chain per row waits on FMA latency).
  * `ahead` (or NULL) is the next block of rows: its lines are prefetched as this block is read,
  * spread over the loop, so the weight stream overlaps the arithmetic when several inputs reuse it. */
+#define ST_PREFETCH4(ahead, cols, i)                                                        \
+    do {                                                                                    \
+        for (int k = 0; ahead && k < 4; k++) {                                              \
+            _mm_prefetch((const char *)(ahead + (size_t)k * cols + (i)), _MM_HINT_T0);      \
+            _mm_prefetch((const char *)(ahead + (size_t)k * cols + (i) + 16), _MM_HINT_T0); \
+        }                                                                                   \
+    } while (0)
 #define ST_DOT4_BODY(LOAD)                                                                          \
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0; \
     int i = 0;                                                                                      \
     for (; i + 32 <= cols; i += 32) {                                                               \
-        if (ahead) {                                                                                \
-            for (int k = 0; k < 4; k++) {                                                           \
-                _mm_prefetch((const char *)(ahead + (size_t)k * cols + i), _MM_HINT_T0);            \
-                _mm_prefetch((const char *)(ahead + (size_t)k * cols + i + 16), _MM_HINT_T0);       \
-            }                                                                                       \
-        }                                                                                           \
+        ST_PREFETCH4(ahead, cols, i);                                                               \
         __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);                       \
         a0 = _mm512_fmadd_ps(LOAD(w + i, 0xFFFF), x0, a0);                                          \
         a1 = _mm512_fmadd_ps(LOAD(w1 + i, 0xFFFF), x0, a1);                                         \
@@ -171,12 +173,7 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
     int i = 0;                                                                                       \
     __mmask16 m = 0xFFFF;                                                                            \
     for (; i + 32 <= cols; i += 32) {                                                                \
-        if (ahead) {                                                                                 \
-            for (int k = 0; k < 4; k++) {                                                            \
-                _mm_prefetch((const char *)(ahead + (size_t)k * cols + i), _MM_HINT_T0);             \
-                _mm_prefetch((const char *)(ahead + (size_t)k * cols + i + 16), _MM_HINT_T0);        \
-            }                                                                                        \
-        }                                                                                            \
+        ST_PREFETCH4(ahead, cols, i);                                                                \
         __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);                        \
         __m512 y0 = _mm512_loadu_ps(y + i), y1 = _mm512_loadu_ps(y + i + 16);                        \
         ST_DOT4X2_FMA(LOAD, 0, w, i, x0, y0); ST_DOT4X2_FMA(LOAD, 1, w1, i, x0, y0);                             \
