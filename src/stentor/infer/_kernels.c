@@ -313,34 +313,43 @@ ST_AVX512 static void silu_mul_avx512(float *g, const float *u, int n) {
 }
 #endif
 
-/* Softmax attention of one query over `count` cached positions: out = sum_t softmax(q.k_t * scale) v_t. */
-static void attend_c(const float *q, const float *keys, const float *vals, int count, int d, float scale,
-                     float *scores, float *out) {
+/* Softmax attention of one query over two runs of keys and values, n1 then n2 of them (n2 may be 0; a
+ * tree's token sees its trunk and its own branch): out = sum_t softmax(q.k_t * scale) v_t. */
+static void attend_c(const float *q, const float *k1, const float *v1, int n1, const float *k2, const float *v2, int n2,
+                     int d, float scale, float *scores, float *out) {
+    const float *keys[2] = {k1, k2}, *vals[2] = {v1, v2};
+    int runs[2] = {n1, n2}, count = n1 + n2;
     float mx = -INFINITY, sum = 0;
-    for (int t = 0; t < count; t++) {
-        scores[t] = dot_f32_c(q, keys + (size_t)t * d, d) * scale;
-        mx = scores[t] > mx ? scores[t] : mx;
-    }
+    for (int r = 0, at = 0; r < 2; at += runs[r++])
+        for (int t = 0; t < runs[r]; t++) {
+            scores[at + t] = dot_f32_c(q, keys[r] + (size_t)t * d, d) * scale;
+            mx = scores[at + t] > mx ? scores[at + t] : mx;
+        }
     for (int t = 0; t < count; t++) { scores[t] = fast_expf(scores[t] - mx); sum += scores[t]; }
     float inv = 1.0f / sum;
     for (int i = 0; i < d; i++) out[i] = 0;
-    for (int t = 0; t < count; t++) {
-        float w = scores[t] * inv;
-        for (int i = 0; i < d; i++) out[i] += w * vals[(size_t)t * d + i];
-    }
+    for (int r = 0, at = 0; r < 2; at += runs[r++])
+        for (int t = 0; t < runs[r]; t++) {
+            float w = scores[at + t] * inv;
+            for (int i = 0; i < d; i++) out[i] += w * vals[r][(size_t)t * d + i];
+        }
 }
 
 #ifdef ST_X86
 /* The same with 16-lane vectors: four keys per step, the weighted sum of values kept in registers
  * (head_dim up to 128; wider heads take the portable loop). */
-ST_AVX512 static void attend_avx512(const float *q, const float *keys, const float *vals, int count, int d,
-                                    float scale, float *scores, float *out) {
-    if (d > 128) { attend_c(q, keys, vals, count, d, scale, scores, out); return; }
-    int t = 0;
-    for (; t + 4 <= count; t += 4) dot4_f32_avx512(keys + (size_t)t * d, d, q, scores + t, NULL);
-    for (; t < count; t++) scores[t] = dot_f32_avx512(q, keys + (size_t)t * d, d);
+ST_AVX512 static void attend_avx512(const float *q, const float *k1, const float *v1, int n1, const float *k2,
+                                    const float *v2, int n2, int d, float scale, float *scores, float *out) {
+    if (d > 128) { attend_c(q, k1, v1, n1, k2, v2, n2, d, scale, scores, out); return; }
+    const float *keys[2] = {k1, k2}, *vals[2] = {v1, v2};
+    int runs[2] = {n1, n2}, count = n1 + n2;
+    for (int r = 0, at = 0; r < 2; at += runs[r++]) {
+        int t = 0;
+        for (; t + 4 <= runs[r]; t += 4) dot4_f32_avx512(keys[r] + (size_t)t * d, d, q, scores + at + t, NULL);
+        for (; t < runs[r]; t++) scores[at + t] = dot_f32_avx512(q, keys[r] + (size_t)t * d, d);
+    }
     __m512 mxv = _mm512_set1_ps(-INFINITY), sc = _mm512_set1_ps(scale);
-    for (t = 0; t < count; t += 16) {
+    for (int t = 0; t < count; t += 16) {
         __mmask16 k = count - t >= 16 ? 0xFFFF : (__mmask16)((1u << (count - t)) - 1);
         __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scores + t), sc);
         _mm512_mask_storeu_ps(scores + t, k, v);
@@ -351,12 +360,13 @@ ST_AVX512 static void attend_avx512(const float *q, const float *keys, const flo
     int lanes = (d + 15) / 16;
     for (int j = 0; j < lanes; j++) acc[j] = _mm512_setzero_ps();
     __mmask16 tail = d % 16 ? (__mmask16)((1u << (d % 16)) - 1) : 0xFFFF;
-    for (t = 0; t < count; t++) {
-        __m512 w = _mm512_set1_ps(scores[t]);
-        const float *vt = vals + (size_t)t * d;
-        for (int j = 0; j < lanes; j++)
-            acc[j] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(j + 1 < lanes ? 0xFFFF : tail, vt + 16 * j), acc[j]);
-    }
+    for (int r = 0, at = 0; r < 2; at += runs[r++])
+        for (int t = 0; t < runs[r]; t++) {
+            __m512 w = _mm512_set1_ps(scores[at + t]);
+            const float *vt = vals[r] + (size_t)t * d;
+            for (int j = 0; j < lanes; j++)
+                acc[j] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(j + 1 < lanes ? 0xFFFF : tail, vt + 16 * j), acc[j]);
+        }
     __m512 iv = _mm512_set1_ps(inv);
     for (int j = 0; j < lanes; j++)
         _mm512_mask_storeu_ps(out + 16 * j, j + 1 < lanes ? 0xFFFF : tail, _mm512_mul_ps(acc[j], iv));
@@ -415,7 +425,8 @@ ST_AVX512 static int in_bucket_avx512(const int32_t *b, const float *p, int n, i
 static double (*exp_sum)(const float *, float *, int, float) = exp_sum_c;
 /* g = silu(g) * u */
 static void (*silu_mul)(float *, const float *, int) = silu_mul_c;
-static void (*attend)(const float *, const float *, const float *, int, int, float, float *, float *) = attend_c;
+static void (*attend)(const float *, const float *, const float *, int, const float *, const float *, int, int, float,
+                      float *, float *) = attend_c;
 static int (*in_bucket)(const int32_t *, const float *, int, int, int32_t *) = in_bucket_c;
 
 /* bfloat16 <-> float32 rows, for the scoring stages (torch's bf16 tensors) */
@@ -799,7 +810,7 @@ ST_HOT static void forward_job(void *arg, int tid, int nt) {
             int r = idx / nh, head = idx % nh, g = head / group, p = f->pos[r], slot = f->slots[r];
             const float *qv = f->q + (size_t)r * qd + head * d;
             const float *keys = kv_at(m, slot, l, 0, g, 0), *vals = kv_at(m, slot, l, 1, g, 0);
-            attend(qv, keys, vals, p + 1, d, scale, scores, f->att + (size_t)r * qd + head * d);
+            attend(qv, keys, vals, p + 1, NULL, NULL, 0, d, scale, scores, f->att + (size_t)r * qd + head * d);
         }
         barrier(tid);
         matmul(&L->o, f->att, n, f->x, 1, tid, nt);
@@ -1193,22 +1204,6 @@ typedef struct {
     int64_t per_thread;
 } tree_attn_args;
 
-ST_HOT static void add_scaled(float *out, float w, const float *v, int d) {
-    for (int i = 0; i < d; i++) out[i] += w * v[i];
-}
-
-/* Softmax attention of one query over two ranges of keys (n1 then n2 of them), no copies. */
-static void attend_ranges(const float *q, const float *k1, const float *v1, int n1, const float *k2, const float *v2,
-                          int n2, int d, float scale, float *scores, float *out) {
-    int n = n1 + n2;
-    for (int t = 0; t < n1; t++) scores[t] = dot_f32(q, k1 + (size_t)t * d, d) * scale;
-    for (int t = 0; t < n2; t++) scores[n1 + t] = dot_f32(q, k2 + (size_t)t * d, d) * scale;
-    float inv = (float)(1.0 / exp_sum(scores, scores, n, max_value(scores, n)));
-    memset(out, 0, (size_t)d * sizeof(float));
-    for (int t = 0; t < n1; t++) add_scaled(out, scores[t] * inv, v1 + (size_t)t * d, d);
-    for (int t = 0; t < n2; t++) add_scaled(out, scores[n1 + t] * inv, v2 + (size_t)t * d, d);
-}
-
 /* Attention of one packed row of `W` tokens whose q, k, v (RoPE applied) are `qkv` [W, (H + 2 KV) * D]
  * float32: token t sees keys [0, min(trunk, seg_t)) and [seg_t, t]. out [W, H * D]; scores W, keys and
  * vals W * D floats of scratch (one KV head's keys and values, made contiguous). */
@@ -1224,8 +1219,8 @@ static void attend_tree_row(const float *qkv, int W, int H, int KV, int D, const
         for (int t = 0; t < W; t++) {
             int shared = trunk < seg[t] ? trunk : seg[t];
             for (int h = kh * group; h < (kh + 1) * group; h++)
-                attend_ranges(qkv + (size_t)t * qkv_w + h * D, keys, vals, shared, keys + (size_t)seg[t] * D,
-                              vals + (size_t)seg[t] * D, t + 1 - seg[t], D, scale, scores, out + (size_t)t * H * D + h * D);
+                attend(qkv + (size_t)t * qkv_w + h * D, keys, vals, shared, keys + (size_t)seg[t] * D,
+                       vals + (size_t)seg[t] * D, t + 1 - seg[t], D, scale, scores, out + (size_t)t * H * D + h * D);
         }
     }
 }
