@@ -161,11 +161,11 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
 /* The same four rows times two vectors x and y (out[0..3] for x, out[4..7] for y): each weight is
  * loaded (and, for int8, converted) once for both, and each product is summed in the order
  * ST_DOT4_BODY sums it, so a row's result does not depend on whether it was paired. */
-#define ST_DOT4X2_FMA(LOAD, k, wk, i, xv, yv) \
-    do {                               \
-        __m512 wv = LOAD(wk + (i), m); \
-        a[k] = _mm512_fmadd_ps(wv, xv, a[k]); \
-        b[k] = _mm512_fmadd_ps(wv, yv, b[k]); \
+#define ST_DOT4X2_FMA(LOAD, k, wk, i, xv, yv)                                                        \
+    do {                                                                                             \
+        __m512 wv = LOAD(wk + (i), m);                                                               \
+        a[k] = _mm512_fmadd_ps(wv, xv, a[k]);                                                        \
+        b[k] = _mm512_fmadd_ps(wv, yv, b[k]);                                                        \
     } while (0)
 #define ST_DOT4X2_BODY(LOAD)                                                                         \
     __m512 a[8], b[8];                                                                               \
@@ -176,16 +176,22 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
         ST_PREFETCH4(ahead, cols, i);                                                                \
         __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);                        \
         __m512 y0 = _mm512_loadu_ps(y + i), y1 = _mm512_loadu_ps(y + i + 16);                        \
-        ST_DOT4X2_FMA(LOAD, 0, w, i, x0, y0); ST_DOT4X2_FMA(LOAD, 1, w1, i, x0, y0);                             \
-        ST_DOT4X2_FMA(LOAD, 2, w2, i, x0, y0); ST_DOT4X2_FMA(LOAD, 3, w3, i, x0, y0);                            \
-        ST_DOT4X2_FMA(LOAD, 4, w, i + 16, x1, y1); ST_DOT4X2_FMA(LOAD, 5, w1, i + 16, x1, y1);                   \
-        ST_DOT4X2_FMA(LOAD, 6, w2, i + 16, x1, y1); ST_DOT4X2_FMA(LOAD, 7, w3, i + 16, x1, y1);                  \
+        ST_DOT4X2_FMA(LOAD, 0, w, i, x0, y0);                                                        \
+        ST_DOT4X2_FMA(LOAD, 1, w1, i, x0, y0);                                                       \
+        ST_DOT4X2_FMA(LOAD, 2, w2, i, x0, y0);                                                       \
+        ST_DOT4X2_FMA(LOAD, 3, w3, i, x0, y0);                                                       \
+        ST_DOT4X2_FMA(LOAD, 4, w, i + 16, x1, y1);                                                   \
+        ST_DOT4X2_FMA(LOAD, 5, w1, i + 16, x1, y1);                                                  \
+        ST_DOT4X2_FMA(LOAD, 6, w2, i + 16, x1, y1);                                                  \
+        ST_DOT4X2_FMA(LOAD, 7, w3, i + 16, x1, y1);                                                  \
     }                                                                                                \
     for (; i < cols; i += 16) {                                                                      \
         m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);                           \
         __m512 xv = _mm512_maskz_loadu_ps(m, x + i), yv = _mm512_maskz_loadu_ps(m, y + i);           \
-        ST_DOT4X2_FMA(LOAD, 0, w, i, xv, yv); ST_DOT4X2_FMA(LOAD, 1, w1, i, xv, yv);                             \
-        ST_DOT4X2_FMA(LOAD, 2, w2, i, xv, yv); ST_DOT4X2_FMA(LOAD, 3, w3, i, xv, yv);                            \
+        ST_DOT4X2_FMA(LOAD, 0, w, i, xv, yv);                                                        \
+        ST_DOT4X2_FMA(LOAD, 1, w1, i, xv, yv);                                                       \
+        ST_DOT4X2_FMA(LOAD, 2, w2, i, xv, yv);                                                       \
+        ST_DOT4X2_FMA(LOAD, 3, w3, i, xv, yv);                                                       \
     }                                                                                                \
     for (int k = 0; k < 4; k++) {                                                                    \
         out[k] = _mm512_reduce_add_ps(_mm512_add_ps(a[k], a[k + 4]));                                \

@@ -1205,7 +1205,7 @@ class Vocab:
         """After AUTO_FAST_BYTES of text on the Python kernels, attach the numba ones when numba is there.
 
         A Vocab starts on Python (StentorTokenizer.from_pretrained, AutoTokenizer, Vocab.load): importing
-        numba and loading its cached kernels costs ~0.85 s, more than a few short texts take, while a
+        numba and loading its cached kernels costs ~1 s, more than a few short texts take, while a
         corpus runs ~25x faster on them. A copy of this module saved beside a model keeps its own kernels.
         """
         self._python_bytes += n
@@ -1290,7 +1290,7 @@ class Vocab:
             lp = [-2] * (n + 1)
             lpb = [-2] * (n + 1)
         count = backend.tokenize(buf, n, rlen, rid, rflags, rnw, ralt1, ralt2, etab, mask,
-                                       begin, self._max_len, unk, delid, space_node, o, out, lp, lpb)
+                                 begin, self._max_len, unk, delid, space_node, o, out, lp, lpb)
         if count < 0:
             raise VocabError(f"{self._name}: tokenizer made no progress on a {n}-byte input")
         return out[:count].tolist() if backend.uses_arrays else out[:count]
