@@ -728,7 +728,7 @@ static void matmul(const st_mat *m, const float *in, int n, float *out, int accu
                     dot4x2_i8(wj, cols, xr, yr, v, ahead);
                 else
                     dot4_i8(wj, cols, xr, v, ahead);
-                for (int k = 0; k < 8; k++) v[k] *= m->scale[j + (k & 3)];
+                for (int k = 0; k < 4 + 4 * pair; k++) v[k] *= m->scale[j + (k & 3)];
             } else {
                 const float *wj = (const float *)m->w + (size_t)j * cols, *ahead = prefetch ? wj + 4 * (size_t)cols : NULL;
                 if (pair)
@@ -1542,17 +1542,17 @@ static void tree_forward_job(void *arg, int tid, int nt) {
     tree_fwd_args *f = arg;
     int W = f->width, D = f->hidden, F = f->inner, H = f->heads, KV = f->kv, HD = f->head_dim, f32 = f->f32;
     int qkv_w = (H + 2 * KV) * HD, att_w = H * HD;
-    const tree_scratch *at = &f->layout;
-    float *xb = f->scratch + (size_t)tid * at->total, *cb = xb + at->cb, *scores = xb + at->scores;
-    float *keys = xb + at->keys, *vals = xb + at->vals, *o = xb + at->o;
-    void *ab = xb + at->ab;
+    const tree_scratch *lay = &f->layout;
+    float *xb = f->scratch + (size_t)tid * lay->total, *cb = xb + lay->cb, *scores = xb + lay->scores;
+    float *keys = xb + lay->keys, *vals = xb + lay->vals, *o = xb + lay->o;
+    void *ab = xb + lay->ab;
 #ifdef ST_AMX
     if (!f32) amx_begin();
 #endif
     for (;;) {
-        int r0 = atomic_fetch_add(&f->next, 1) * at->tile_rows;
+        int r0 = atomic_fetch_add(&f->next, 1) * lay->tile_rows;
         if (r0 >= f->rows) break;
-        int nr = f->rows - r0 < at->tile_rows ? f->rows - r0 : at->tile_rows, T = nr * W, Tp = (int)round_up(T, 32);
+        int nr = f->rows - r0 < lay->tile_rows ? f->rows - r0 : lay->tile_rows, T = nr * W, Tp = (int)round_up(T, 32);
         float *x = f->x + (size_t)r0 * W * D;
         memcpy(xb, x, (size_t)T * D * sizeof(float));
         memset(xb + (size_t)T * D, 0, (size_t)(Tp - T) * D * sizeof(float));
