@@ -117,6 +117,34 @@ def test_the_float32_layer_stack_agrees_with_the_staged_fp32_path(model_and_toke
         assert a.branches == pytest.approx(e.branches, abs=1e-4)
 
 
+def test_the_amx_head_gives_split_or_plain_bf16_log_probs(model_and_tokenizer):
+    """The fused AMX LM head: split in three bf16 products it matches float64 log-softmax to ~1e-5; as
+    one product (a re-checked scorer's) it matches float64 on bf16-rounded inputs, a visibly larger error."""
+    model, _ = model_and_tokenizer
+    split, plain = Scorer(model, "bf16"), Scorer(model, "bf16", rechecked=True)
+    if split.amx_head is None:
+        pytest.skip("no AMX-BF16 on this CPU (or no compiled runtime)")
+    assert (split.head_products, plain.head_products) == (3, 1)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(150, split.head.shape[0], generator=g)  # 150: a full tile of 128 rows and a partial one
+    weight = split.head.double()
+    targets = torch.randint(0, weight.shape[1], (150,), generator=g)
+    targets[::2] = (hidden.double() @ weight).argmax(1)[::2]  # half the rows' targets are the argmax
+
+    def reference(h, w):
+        logits = h @ w
+        return torch.log_softmax(logits, 1).gather(1, targets[:, None]).squeeze(1), logits.argmax(1) == targets
+
+    bf = lambda x: x.to(torch.bfloat16).double()  # noqa: E731
+    exact, exact_greedy = reference(hidden.double(), weight)
+    rounded, _ = reference(bf(hidden), bf(weight))
+    got_split, greedy = split._head(hidden, targets)
+    got_plain, plain_greedy = plain._head(hidden, targets)
+    assert (got_split - exact).abs().max() < 1e-4 and torch.equal(greedy, exact_greedy)
+    assert (got_plain - rounded).abs().max() < 1e-5 and plain_greedy[::2].all()
+    assert (got_plain - exact).abs().max() > 10 * (got_split - exact).abs().max()
+
+
 def test_bad_requests_are_clear_errors(model_and_tokenizer):
     model, _ = model_and_tokenizer
     scorer = Scorer(model)

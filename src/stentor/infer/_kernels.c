@@ -1618,7 +1618,7 @@ int st_tree_forward(int rows, int width, int hidden, int inner, int heads, int k
 #define HEAD_CHUNK 256     /* vocabulary columns per matmul: a chunk's logits stay in L2 for the softmax pass */
 
 typedef struct {
-    int n, hidden, vocab;
+    int n, hidden, vocab, products;
     const float *h;
     const uint16_t *head;
     const int64_t *targets;
@@ -1629,7 +1629,7 @@ typedef struct {
     atomic_int next;
 } head_args;
 
-static int64_t head_floats(int hidden) {
+static int64_t head_floats(int hidden) { /* room for the 3-product split; 1 product uses a third of it */
     return round_up((int64_t)HEAD_TILE_ROWS * 3 * hidden / 2, 16) + (int64_t)HEAD_TILE_ROWS * HEAD_CHUNK +
            5 * HEAD_TILE_ROWS;
 }
@@ -1638,7 +1638,7 @@ static int64_t head_floats(int hidden) {
 static void head_job(void *arg, int tid, int nt) {
     (void)nt;
     head_args *a = arg;
-    int K = a->hidden, K3 = 3 * K, V = a->vocab;
+    int K = a->hidden, K3 = a->products * K, V = a->vocab;
     float *base = a->scratch + (size_t)tid * a->per_thread;
     uint16_t *split = (uint16_t *)base;
     float *logits = base + round_up((int64_t)HEAD_TILE_ROWS * K3 / 2, 16);
@@ -1655,10 +1655,12 @@ static void head_job(void *arg, int tid, int nt) {
             const float *x = a->h + (size_t)(r0 + r) * K;
             uint16_t *row = split + (size_t)r * K3;
             bf16_store(x, K, row);
-            bf16_load(row, K, hi);
-            for (int i = 0; i < K; i++) hi[i] = x[i] - hi[i];
-            bf16_store(hi, K, row + K);
-            memcpy(row + 2 * K, row, (size_t)K * sizeof(uint16_t));
+            if (a->products == 3) {
+                bf16_load(row, K, hi);
+                for (int i = 0; i < K; i++) hi[i] = x[i] - hi[i];
+                bf16_store(hi, K, row + K);
+                memcpy(row + 2 * K, row, (size_t)K * sizeof(uint16_t));
+            }
             top[r] = -INFINITY;
             total[r] = 0;
             best[r] = 0;
@@ -1691,21 +1693,23 @@ static void head_job(void *arg, int tid, int nt) {
 
 int64_t st_amx_logprobs_floats(int hidden) { return head_floats(hidden); }
 
-/* st_logprobs for hidden states h [n, hidden] (float32) and an LM head packed by st_amx_pack from
- * [W_hi; W_hi; W_lo] (3 * hidden rows, vocab columns; hi = bf16(W), lo = bf16(W - hi)): the logits are
- * computed on AMX a chunk at a time and never stored whole. -1 without AMX, for sizes the tiles do
- * not divide (hidden % 32, vocab % 32) or a target outside the vocabulary; -2: scratch too small. */
-int st_amx_logprobs(int n, int hidden, int vocab, const float *h, const uint16_t *head, const int64_t *targets,
-                    double *logp, uint8_t *greedy, float *scratch, int64_t scratch_floats) {
+/* st_logprobs for hidden states h [n, hidden] (float32) and an LM head packed by st_amx_pack, the logits
+ * computed on AMX a chunk at a time and never stored whole. products 3: the head is [W_hi; W_hi; W_lo]
+ * (3 * hidden rows, vocab columns; hi = bf16(W), lo = bf16(W - hi)), logits to ~2^-16; products 1: the
+ * head is W_hi (hidden rows), plain bf16 products summed in float32. -1 without AMX, for sizes the tiles
+ * do not divide (hidden % 32, vocab % 32), products not 1 or 3, or a target outside the vocabulary;
+ * -2: scratch too small. */
+int st_amx_logprobs(int n, int hidden, int vocab, int products, const float *h, const uint16_t *head,
+                    const int64_t *targets, double *logp, uint8_t *greedy, float *scratch, int64_t scratch_floats) {
 #ifdef ST_AMX
-    if (!st_amx_available() || hidden % 32 || vocab % 32) return -1;
+    if (!st_amx_available() || hidden % 32 || vocab % 32 || (products != 1 && products != 3)) return -1;
     for (int r = 0; r < n; r++)
         if (targets[r] < 0 || targets[r] >= vocab) return -1;
-    head_args a = {n, hidden, vocab, h, head, targets, logp, greedy, scratch, head_floats(hidden), 0};
+    head_args a = {n, hidden, vocab, products, h, head, targets, logp, greedy, scratch, head_floats(hidden), 0};
     atomic_init(&a.next, 0);
     return run_stage(head_job, &a, a.per_thread, scratch_floats);
 #else
-    (void)n; (void)hidden; (void)vocab; (void)h; (void)head; (void)targets; (void)logp; (void)greedy; (void)scratch;
+    (void)n; (void)hidden; (void)vocab; (void)products; (void)h; (void)head; (void)targets; (void)logp; (void)greedy; (void)scratch;
     (void)scratch_floats;
     return -1;
 #endif

@@ -102,7 +102,7 @@ def library() -> ctypes.CDLL:
                 lib.st_tree_forward.argtypes = [i32] * 9 + [f32] + [p] * 9 + [i64]
                 lib.st_tree_forward.restype = i32
                 lib.st_amx_logprobs_floats.argtypes, lib.st_amx_logprobs_floats.restype = [i32], i64
-                lib.st_amx_logprobs.argtypes, lib.st_amx_logprobs.restype = [i32, i32, i32, p, p, p, p, p, p, i64], i32
+                lib.st_amx_logprobs.argtypes, lib.st_amx_logprobs.restype = [i32, i32, i32, i32, p, p, p, p, p, p, i64], i32
                 _LIB = lib
                 return lib
     raise Unsupported(_LIB_ERROR)
@@ -192,12 +192,14 @@ class Stages:
         """A float32 [rows, cols] matrix (input-major) into `out` (rows * cols floats) in panels of 32 columns."""
         self.lib.st_f32_pack(weight, rows, cols, out)
 
-    def amx_logprobs(self, n: int, hidden: int, vocab: int, h: int, head: int, targets: int, logp: int,
-                     greedy: int) -> bool:  # fmt: skip
-        """`logprobs` from float32 hidden states h [n, hidden] and a split LM head packed for AMX (see
-        `Engine.amx_head`), never storing the logits whole. False where it cannot run (nothing written)."""
+    def amx_logprobs(self, n: int, hidden: int, vocab: int, products: int, h: int, head: int, targets: int,
+                     logp: int, greedy: int) -> bool:  # fmt: skip
+        """`logprobs` from float32 hidden states h [n, hidden] and an LM head packed for AMX (see
+        `Engine.amx_head`: products 3 for the split head, 1 for plain bf16), never storing the logits whole.
+        False where it cannot run (nothing written)."""
         per_thread = self.lib.st_amx_logprobs_floats(hidden)
-        return self._run(self.lib.st_amx_logprobs, per_thread, n, hidden, vocab, h, head, targets, logp, greedy) == 0
+        return self._run(self.lib.st_amx_logprobs, per_thread, n, hidden, vocab, products, h, head, targets, logp,
+                         greedy) == 0  # fmt: skip
 
     def tree_forward(self, rows: int, width: int, sizes: tuple[int, int, int, int, int, int], f32: bool, eps: float,
                      weights: int, final_norm: int, cos: int, sin: int, pos: int, seg: int, trunk: int,
