@@ -179,16 +179,16 @@ class Scorer:
         pieces, owner = _split_wide(trees)
         if len(pieces) != len(trees):
             return _join(trees, owner, self.score(pieces, progress, desc))
-        order = sorted(range(len(trees)), key=lambda i: _width(trees[i]))
+        widths = [_width(t) for t in trees]
+        order = sorted(range(len(trees)), key=widths.__getitem__)
         run = self._batch if self.engine is not None else self._hf_batch
         out: list[TreeScore | None] = [None] * len(trees)
-        with tqdm(total=sum(_width(t) for t in trees), unit="tok", unit_scale=True, desc=desc,
-                  disable=not progress) as bar:  # fmt: skip
+        with tqdm(total=sum(widths), unit="tok", unit_scale=True, desc=desc, disable=not progress) as bar:
             for b in range(0, len(order), self.batch_size):
                 idx = order[b : b + self.batch_size]
                 for i, result in zip(idx, run([trees[i] for i in idx])):
                     out[i] = result
-                bar.update(sum(_width(trees[i]) for i in idx))
+                bar.update(sum(widths[i] for i in idx))
         return out  # type: ignore[return-value]
 
     def _check(self, i: int, tree: Tree) -> None:
@@ -241,9 +241,10 @@ class Scorer:
 
         width = max(_width(t) for t in trees)
         rows = len(trees)
-        ids = torch.zeros(rows, width, dtype=torch.long)
-        positions = torch.zeros(rows, width, dtype=torch.long)
-        seg = torch.arange(width).repeat(rows, 1)  # pads see only themselves (see Engine.tree_hidden_states)
+        # Flat lists, one tensor each at the end: a tensor per row cost more than the rows' packing.
+        ids: list[int] = []
+        positions: list[int] = []
+        seg: list[int] = []  # pads see only themselves (see Engine.tree_hidden_states)
         trunk = torch.tensor([len(t.trunk) for t in trees])
         src: list[int] = []  # flat index of the hidden state that predicts each scored token
         targets: list[int] = []
@@ -251,28 +252,30 @@ class Scorer:
         first_segment = 0
         for r, tree in enumerate(trees):
             base, n_trunk = r * width, len(tree.trunk)
-            row = list(tree.trunk)
-            pos = list(range(n_trunk))
-            seg_row = [0] * n_trunk
+            ids += tree.trunk
+            positions += range(n_trunk)
+            seg += [0] * n_trunk
             first = max(tree.first_scored, 1)
             src += range(base + first - 1, base + n_trunk - 1)
             targets += tree.trunk[first:]
             segment += [first_segment] * (n_trunk - first)
+            column = n_trunk
             for k, branch in enumerate(tree.branches, 1):
                 n = len(branch)
-                column = len(row)
                 src += [base + n_trunk - 1, *range(base + column, base + column + n - 1)][:n]
-                row += branch
-                pos += range(n_trunk, n_trunk + n)
-                seg_row += [column] * n
+                ids += branch
+                positions += range(n_trunk, n_trunk + n)
+                seg += [column] * n
                 targets += branch
                 segment += [first_segment + k] * n
-            ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-            positions[r, : len(row)] = torch.tensor(pos, dtype=torch.long)
-            seg[r, : len(row)] = torch.tensor(seg_row, dtype=torch.long)
+                column += n
+            ids += [0] * (width - column)
+            positions += [0] * (width - column)
+            seg += range(column, width)
             first_segment += 1 + len(tree.branches)
+        ids_t, positions_t, seg_t = (torch.tensor(v, dtype=torch.long).view(rows, width) for v in (ids, positions, seg))
         with torch.inference_mode():
-            hidden = self.engine.tree_hidden_states(ids, positions, seg, trunk)
+            hidden = self.engine.tree_hidden_states(ids_t, positions_t, seg_t, trunk)
             logp, greedy = self._head(hidden[torch.tensor(src, dtype=torch.long)], torch.tensor(targets))
             segments = torch.tensor(segment, dtype=torch.long)
             sums = torch.zeros(first_segment, dtype=torch.float64).index_add_(0, segments, logp)

@@ -1635,6 +1635,32 @@ static int64_t head_floats(int hidden) { /* room for the 3-product split; 1 prod
 }
 
 #ifdef ST_AMX
+/* The largest of x[0..n) and its first index (torch.argmax's choice): each lane keeps its first
+ * maximum (strict >), then the lowest index among the lanes that hold the overall one. */
+ST_AVX512 static float max_at_avx512(const float *x, int n, int *at) {
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    __m512i where = _mm512_setzero_si512(), idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int i = 0; i < n; i += 16, idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16))) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __mmask16 up = _mm512_mask_cmp_ps_mask(k, _mm512_maskz_loadu_ps(k, x + i), best, _CMP_GT_OQ);
+        best = _mm512_mask_loadu_ps(best, up, x + i);
+        where = _mm512_mask_mov_epi32(where, up, idx);
+    }
+    float top = _mm512_reduce_max_ps(best);
+    *at = _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(best, _mm512_set1_ps(top), _CMP_EQ_OQ), where);
+    return top;
+}
+
+/* sum of exp(x - mx) over x[0..n), nothing stored (the head's softmax only needs the total). */
+ST_AVX512 static double exp_total_avx512(const float *x, int n, float mx) {
+    __m512 acc = _mm512_setzero_ps(), m = _mm512_set1_ps(mx);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m))));
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
 static void head_job(void *arg, int tid, int nt) {
     (void)nt;
     head_args *a = arg;
@@ -1673,13 +1699,14 @@ static void head_job(void *arg, int tid, int nt) {
                 float *row = logits + (size_t)r * nc;
                 int64_t t = a->targets[r0 + r];
                 if (t >= n0 && t < n0 + nc) target[r] = row[t - n0];
-                int i = argmax(row, nc);
-                if (row[i] > top[r]) { /* a new maximum: rescale the sum so far (first index wins a tie) */
-                    total[r] *= exp((double)top[r] - (double)row[i]);
-                    top[r] = row[i];
+                int i;
+                float mx = max_at_avx512(row, nc, &i);
+                if (mx > top[r]) { /* a new maximum: rescale the sum so far (first index wins a tie) */
+                    total[r] *= exp((double)top[r] - (double)mx);
+                    top[r] = mx;
                     best[r] = n0 + i;
                 }
-                total[r] += exp_sum(row, row, nc, top[r]);
+                total[r] += exp_total_avx512(row, nc, top[r]);
             }
         }
         for (int r = 0; r < T; r++) {
