@@ -252,23 +252,24 @@ class Scorer:
         first_segment = 0
         for r, tree in enumerate(trees):
             base, n_trunk = r * width, len(tree.trunk)
-            ids += tree.trunk
-            positions += range(n_trunk)
-            seg += [0] * n_trunk
+            kept = _kept(tree)
+            ids += tree.trunk[:kept]
+            positions += range(kept)
+            seg += [0] * kept
             first = max(tree.first_scored, 1)
             src += range(base + first - 1, base + n_trunk - 1)
             targets += tree.trunk[first:]
             segment += [first_segment] * (n_trunk - first)
-            column = n_trunk
+            column = kept
             for k, branch in enumerate(tree.branches, 1):
                 n = len(branch)
                 src += [base + n_trunk - 1, *range(base + column, base + column + n - 1)][:n]
-                ids += branch
-                positions += range(n_trunk, n_trunk + n)
-                seg += [column] * n
+                ids += branch[:-1]
+                positions += range(n_trunk, n_trunk + n - 1)
+                seg += [column] * (n - 1)
                 targets += branch
                 segment += [first_segment + k] * n
-                column += n
+                column += max(n - 1, 0)
             ids += [0] * (width - column)
             positions += [0] * (width - column)
             seg += range(column, width)
@@ -355,5 +356,12 @@ def _join(trees: Sequence[Tree], owner: list[int], scores: list[TreeScore]) -> l
     return [TreeScore(trunk[i], tuple(branches[i]), tuple(greedy[i])) for i in range(len(trees))]
 
 
+def _kept(tree: Tree) -> int:
+    """Trunk tokens a packed row holds: the trunk's last one predicts nothing when no branch follows."""
+    return len(tree.trunk) - (not tree.branches and len(tree.trunk) > 1)
+
+
 def _width(tree: Tree) -> int:
-    return len(tree.trunk) + sum(len(b) for b in tree.branches)
+    """Tokens of the tree's packed row. A branch's last token is predicted, never a prediction's
+    input, and no other token sees it, so the row leaves it out (9% of BLiMP's tokens)."""
+    return _kept(tree) + sum(max(len(b) - 1, 0) for b in tree.branches)
