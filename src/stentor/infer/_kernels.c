@@ -300,10 +300,25 @@ ST_AVX512 static double exp_sum_avx512(const float *s, float *p, int n, float mx
         __m512 v = _mm512_maskz_loadu_ps(k, s + i);
         __mmask16 live = _mm512_mask_cmp_ps_mask(k, v, ninf, _CMP_NEQ_OQ);
         __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v, m)));
-        _mm512_mask_storeu_ps(p + i, k, e);
+        if (p) _mm512_mask_storeu_ps(p + i, k, e);
         acc = _mm512_add_ps(acc, e);
     }
     return _mm512_reduce_add_ps(acc);
+}
+
+/* First index of the largest value (torch.argmax's choice among equal values): each lane keeps its
+ * first maximum (strict >), then the lowest index among the lanes that hold the overall one. */
+ST_AVX512 static int argmax_avx512(const float *x, int n) {
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    __m512i where = _mm512_setzero_si512(), idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int i = 0; i < n; i += 16, idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16))) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __mmask16 up = _mm512_mask_cmp_ps_mask(k, _mm512_maskz_loadu_ps(k, x + i), best, _CMP_GT_OQ);
+        best = _mm512_mask_loadu_ps(best, up, x + i);
+        where = _mm512_mask_mov_epi32(where, up, idx);
+    }
+    __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best));
+    return _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(best, top, _CMP_EQ_OQ), where);
 }
 
 ST_AVX512 static void silu_mul_avx512(float *g, const float *u, int n) {
@@ -382,8 +397,9 @@ ST_AVX512 static void attend_avx512(const float *q, const float *k1, const float
 static double exp_sum_c(const float *s, float *p, int n, float mx) {
     double total = 0;
     for (int i = 0; i < n; i++) {
-        p[i] = s[i] == -INFINITY ? 0.0f : fast_expf(s[i] - mx);
-        total += p[i];
+        float e = s[i] == -INFINITY ? 0.0f : fast_expf(s[i] - mx);
+        if (p) p[i] = e;
+        total += e;
     }
     return total;
 }
@@ -427,8 +443,10 @@ ST_AVX512 static int in_bucket_avx512(const int32_t *b, const float *p, int n, i
 }
 #endif
 
-/* p = exp(s - mx), 0 where s is -inf; returns the sum. */
+/* p = exp(s - mx), 0 where s is -inf (p NULL: nothing stored); returns the sum. */
 static double (*exp_sum)(const float *, float *, int, float) = exp_sum_c;
+static int argmax_c(const float *x, int n);
+static int (*argmax)(const float *, int) = argmax_c;
 /* g = silu(g) * u */
 static void (*silu_mul)(float *, const float *, int) = silu_mul_c;
 static void (*attend)(const float *, const float *, const float *, int, const float *, const float *, int, int, float,
@@ -504,6 +522,7 @@ static void pick_kernels(void) {
         dot4x2_f32 = dot4x2_f32_avx512;
         dot4x2_i8 = dot4x2_i8_avx512;
         exp_sum = exp_sum_avx512;
+        argmax = argmax_avx512;
         silu_mul = silu_mul_avx512;
         attend = attend_avx512;
         in_bucket = in_bucket_avx512;
@@ -901,7 +920,7 @@ ST_HOT static float min_positive(const float *x, int n) {
 }
 
 /* First index of the largest value (torch.argmax's choice among equal values). */
-static int argmax(const float *x, int n) {
+static int argmax_c(const float *x, int n) {
     float best = max_value(x, n);
     for (int i = 0; i < n; i++)
         if (x[i] == best) return i;
@@ -1635,32 +1654,6 @@ static int64_t head_floats(int hidden) { /* room for the 3-product split; 1 prod
 }
 
 #ifdef ST_AMX
-/* The largest of x[0..n) and its first index (torch.argmax's choice): each lane keeps its first
- * maximum (strict >), then the lowest index among the lanes that hold the overall one. */
-ST_AVX512 static float max_at_avx512(const float *x, int n, int *at) {
-    __m512 best = _mm512_set1_ps(-INFINITY);
-    __m512i where = _mm512_setzero_si512(), idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    for (int i = 0; i < n; i += 16, idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16))) {
-        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __mmask16 up = _mm512_mask_cmp_ps_mask(k, _mm512_maskz_loadu_ps(k, x + i), best, _CMP_GT_OQ);
-        best = _mm512_mask_loadu_ps(best, up, x + i);
-        where = _mm512_mask_mov_epi32(where, up, idx);
-    }
-    float top = _mm512_reduce_max_ps(best);
-    *at = _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(best, _mm512_set1_ps(top), _CMP_EQ_OQ), where);
-    return top;
-}
-
-/* sum of exp(x - mx) over x[0..n), nothing stored (the head's softmax only needs the total). */
-ST_AVX512 static double exp_total_avx512(const float *x, int n, float mx) {
-    __m512 acc = _mm512_setzero_ps(), m = _mm512_set1_ps(mx);
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m))));
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
 static void head_job(void *arg, int tid, int nt) {
     (void)nt;
     head_args *a = arg;
@@ -1699,14 +1692,13 @@ static void head_job(void *arg, int tid, int nt) {
                 float *row = logits + (size_t)r * nc;
                 int64_t t = a->targets[r0 + r];
                 if (t >= n0 && t < n0 + nc) target[r] = row[t - n0];
-                int i;
-                float mx = max_at_avx512(row, nc, &i);
-                if (mx > top[r]) { /* a new maximum: rescale the sum so far (first index wins a tie) */
-                    total[r] *= exp((double)top[r] - (double)mx);
-                    top[r] = mx;
+                int i = argmax(row, nc);
+                if (row[i] > top[r]) { /* a new maximum: rescale the sum so far (first index wins a tie) */
+                    total[r] *= exp((double)top[r] - (double)row[i]);
+                    top[r] = row[i];
                     best[r] = n0 + i;
                 }
-                total[r] += exp_total_avx512(row, nc, top[r]);
+                total[r] += exp_sum(row, NULL, nc, top[r]); /* only the total: no exp is stored */
             }
         }
         for (int r = 0; r < T; r++) {

@@ -199,15 +199,15 @@ class Engine:
         self._packed = (ctypes.addressof(table), table, keep)
         return self._packed
 
-    def amx_head(self, weight: torch.Tensor, split: bool = True) -> torch.Tensor | None:
-        """An LM head [hidden, vocab] (float32) packed for the compiled AMX logprobs. split: [W_hi; W_hi; W_lo]
-        as bf16 tiles, so hi.hi + lo.hi + hi.lo gives the logits to ~2^-16 on bf16 units (3 products);
-        else W_hi alone, plain bf16 products (1). None where that cannot run (no AMX stack for this
-        engine, or a vocabulary that is not a multiple of 32)."""
+    def amx_head(self, weight: torch.Tensor, products: int = 3) -> torch.Tensor | None:
+        """An LM head [hidden, vocab] (float32) packed for the compiled AMX logprobs. products 3: [W_hi; W_hi;
+        W_lo] as bf16 tiles, so hi.hi + lo.hi + hi.lo gives the logits to ~2^-16 on bf16 units; 1: W_hi
+        alone, plain bf16 products. None where that cannot run (no AMX stack for this engine, or a
+        vocabulary that is not a multiple of 32)."""
         if self.dtype != torch.bfloat16 or self._packed_layers() is None or weight.shape[1] % 32:
             return None
         hi = weight.to(torch.bfloat16)
-        parts = [hi, hi, (weight - hi.float()).to(torch.bfloat16)] if split else [hi]
+        parts = [hi, hi, (weight - hi.float()).to(torch.bfloat16)] if products == 3 else [hi]
         return self._pack(torch.cat(parts).contiguous())
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
