@@ -78,12 +78,30 @@ def test_bf16_scores_are_close_to_fp32_but_not_equal(model_and_tokenizer):
     assert max(diffs) > 0  # the bf16 path really ran in bf16
 
 
+@pytest.fixture(params=["amx", "avx512-bf16"])
+def bf16_unit(request):
+    """Each bf16 unit in turn, so a CPU with AMX also runs the AVX512-BF16 kernels; skips the units this
+    CPU lacks and puts the process's choice back afterwards."""
+    try:
+        from stentor.infer.native import Stages, Unsupported
+
+        stages = Stages()
+    except Unsupported:
+        pytest.skip("no compiled runtime")
+    before = stages.bf16_unit
+    if stages.use_bf16_unit(request.param) != request.param:
+        stages.use_bf16_unit(before)
+        pytest.skip(f"no {request.param} on this CPU")
+    yield request.param
+    stages.use_bf16_unit(before)
+
+
 def packed_and_staged(model, precision: str, trees) -> tuple[list, list]:
     """Scores from the one-call packed layer stack and from the staged path (torch matmuls + compiled
-    stages); skips where this CPU has no packed path for `precision` (AMX-BF16 for bf16, AVX-512 for fp32)."""
+    stages); skips where this CPU has no packed path for `precision` (a bf16 unit for bf16, AVX-512 for fp32)."""
     scorer = Scorer(model, precision)
     stages = scorer.engine._native_stages()
-    if stages is None or not (stages.amx if precision == "bf16" else stages.f32_tiles):
+    if stages is None or not (stages.bf16_unit if precision == "bf16" else stages.f32_tiles):
         pytest.skip(f"no compiled runtime or no packed {precision} layer stack on this CPU")
     packed = scorer.score(trees)
     assert scorer.engine._packed is not None  # packed and used
@@ -92,19 +110,19 @@ def packed_and_staged(model, precision: str, trees) -> tuple[list, list]:
     return packed, staged.score(trees)
 
 
-def test_the_amx_layer_stack_agrees_with_the_staged_bf16_path(model_and_tokenizer):
-    """Where the CPU has AMX-BF16, bf16 scoring runs the layer stack in one compiled call with float32
-    matmul outputs; it must compute what the staged path (torch bf16 matmuls + compiled stages) does."""
+def test_the_bf16_layer_stack_agrees_with_the_staged_bf16_path(model_and_tokenizer, bf16_unit):
+    """On a bf16 unit (AMX or AVX512-BF16), bf16 scoring runs the layer stack in one compiled call with
+    float32 matmul outputs; it must compute what the staged path (torch bf16 matmuls + compiled stages) does."""
     model, _ = model_and_tokenizer
     trees = random_trees(40, 300, seed=4)
     ids_rows = [len(t.trunk) + sum(len(b) for b in t.branches) for t in trees]
     assert max(ids_rows) < 32 and len(trees) > 128 // 32  # several rows per tile, several tiles: both threads work
-    amx, staged = packed_and_staged(model, "bf16", trees)
+    packed, staged = packed_and_staged(model, "bf16", trees)
     exact = Scorer(model, "fp32").score(trees)
     gap = lambda got, ref: max(abs(a.trunk - e.trunk) + sum(abs(x - y) for x, y in zip(a.branches, e.branches))
                                for a, e in zip(got, ref))  # fmt: skip
-    assert gap(amx, exact) < 0.05 * 16 and gap(amx, staged) < 0.05 * 16  # bf16's tolerance (see the test above)
-    assert gap(amx, staged) > 0  # another computation (float32 matmul outputs), not the staged one again
+    assert gap(packed, exact) < 0.05 * 16 and gap(packed, staged) < 0.05 * 16  # bf16's tolerance (see above)
+    assert gap(packed, staged) > 0  # another computation (float32 matmul outputs), not the staged one again
 
 
 def test_the_float32_layer_stack_agrees_with_the_staged_fp32_path(model_and_tokenizer):
@@ -117,13 +135,13 @@ def test_the_float32_layer_stack_agrees_with_the_staged_fp32_path(model_and_toke
         assert a.branches == pytest.approx(e.branches, abs=1e-4)
 
 
-def test_the_amx_head_gives_split_or_plain_bf16_log_probs(model_and_tokenizer):
-    """The fused AMX LM head: split in three bf16 products it matches float64 log-softmax to ~1e-5; as
+def test_the_bf16_head_gives_split_or_plain_bf16_log_probs(model_and_tokenizer, bf16_unit):
+    """The fused bf16 LM head (on each bf16 unit): split in three bf16 products it matches float64 log-softmax to ~1e-5; as
     one product (a re-checked scorer's) it matches float64 on bf16-rounded inputs, a visibly larger error."""
     model, _ = model_and_tokenizer
     split, plain = Scorer(model, "bf16"), Scorer(model, "bf16", rechecked=True)
-    if split.amx_head is None:
-        pytest.skip("no AMX-BF16 on this CPU (or no compiled runtime)")
+    if split.bf16_head is None:
+        pytest.skip("no bf16 unit on this CPU (or no compiled runtime)")
     assert (split.head_products, plain.head_products) == (3, 1)
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(150, split.head.shape[0], generator=g)  # 150: a full tile of 128 rows and a partial one

@@ -9,7 +9,7 @@ differing tails), a multiple-choice question is one (the context, then each answ
 perplexity window is a trunk with no branches.
 
 Rows run on `stentor.infer.engine.Engine` (fused weights, few ops per layer), in fp32 or with bf16
-layer matmuls (AMX where the CPU has them; the residual stream, norms and LM head stay fp32).
+layer matmuls (AMX or AVX512-BF16 where the CPU has them; the residual stream, norms and LM head stay fp32).
 Only the hidden states of scored positions reach the LM head, in chunks whose logits stay in
 cache for the one pass of log-softmax that reads them.
 """
@@ -150,7 +150,7 @@ class Scorer:
         self.batch_size = batch_size
         self.model = model
         self.engine = None
-        self.amx_head = None
+        self.bf16_head = None
         if engine_supports(model):
             from stentor.infer.engine import Engine
 
@@ -161,13 +161,13 @@ class Scorer:
             if precision == "bf16" and isinstance(head, torch.Tensor):
                 head = model.get_output_embeddings().weight.detach().float().t().contiguous()
             self.head = head
-            # On AMX the head runs split in three bf16 products (~2^-16, near fp32) with the log-softmax fused:
+            # On bf16 units the head runs split in three bf16 products (~2^-16, near fp32) with the log-softmax fused:
             # perplexity keeps 4 significant digits that way. Plain bf16 products (1) lost the 4th digit on
             # WikiText-2; on all of BLiMP they raised the calibrated margin error from 0.00156 to 0.00264
             # nats per token (2,011 pairs re-checked instead of 1,340) and halved the head's time.
             self.head_products = 1 if rechecked else 3
             if precision == "bf16" and isinstance(head, torch.Tensor):
-                self.amx_head = self.engine.amx_head(head, self.head_products)
+                self.bf16_head = self.engine.bf16_head(head, self.head_products)
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or 2**31
 
     def score(self, trees: Sequence[Tree], progress: bool = False, desc: str = "scoring") -> list[TreeScore]:
@@ -303,10 +303,10 @@ class Scorer:
         stages = self.engine._native_stages()
         if hidden.dtype != torch.float32 and isinstance(self.head, torch.Tensor):
             hidden = hidden.float()
-        if self.amx_head is not None and n:
+        if self.bf16_head is not None and n:
             hidden = hidden.contiguous()
-            if stages.amx_logprobs(n, hidden.shape[1], self.head.shape[1], self.head_products, hidden.data_ptr(),
-                                   self.amx_head.data_ptr(), targets.data_ptr(), logp.data_ptr(),
+            if stages.bf16_logprobs(n, hidden.shape[1], self.head.shape[1], self.head_products, hidden.data_ptr(),
+                                   self.bf16_head.data_ptr(), targets.data_ptr(), logp.data_ptr(),
                                    greedy.data_ptr()):  # fmt: skip
                 return logp, greedy
         for i in range(0, n, _HEAD_CHUNK):

@@ -1329,19 +1329,29 @@ int st_logprobs(int n, int vocab, int bf16, const void *logits, const int64_t *t
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* batched scoring on AMX: the whole layer stack in one call                                    */
+/* batched scoring on bf16 units: the whole layer stack in one call                             */
 /*
- * Where the CPU has AMX-BF16 (Sapphire Rapids and later) the stages above still leave torch's
- * matmuls and ~100 passes over memory per batch. Here each thread takes a tile of whole rows
+ * Where the CPU has AMX-BF16 (Sapphire Rapids and later) or AVX512-BF16 (Zen 4 and later), the stages
+ * above still leave torch's matmuls and ~100 passes over memory per batch. Here each thread takes a tile of whole rows
  * (~128 tokens) through every layer with its activations in its own cache: bf16 tile matmuls
  * accumulate in float32 and write float32 (torch's CPU bf16 matmul rounds its output to bf16), the
  * residual stream, norms, RoPE, attention and SiLU are float32, and only the matmul inputs are bf16.
- * Weights are packed once into the tile layout (`st_amx_pack`).
+ * Weights are packed once into the tile layout (`st_bf16_pack`).
  */
 #if defined(ST_X86) && defined(__linux__) && ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11) || \
                                               (defined(__clang__) && __clang_major__ >= 12))
 #define ST_AMX 1
+#endif
+/* vdpbf16ps needs GCC 10 or clang 9. */
+#if defined(ST_X86) && ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10) || \
+                        (defined(__clang__) && __clang_major__ >= 9))
+#define ST_DPBF16 1
+#define ST_DPBF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#endif
+#if defined(ST_AMX) || defined(ST_DPBF16)
 #include <cpuid.h>
+#endif
+#ifdef ST_AMX
 #include <sys/syscall.h>
 #include <unistd.h>
 long syscall(long number, ...); /* unistd.h declares it only with _DEFAULT_SOURCE, which -std=c11 leaves out */
@@ -1360,7 +1370,7 @@ static const amx_config AMX_CONFIG = {.palette = 1, .colsb = {64, 64, 64, 64, 64
 #endif
 
 /* 1 when this CPU and kernel let this process use AMX-BF16 tiles (the kernel grants the tile state on request). */
-int st_amx_available(void) {
+static int amx_available(void) {
 #ifdef ST_AMX
     static int ok = -1;
     if (ok < 0) {
@@ -1376,9 +1386,42 @@ int st_amx_available(void) {
 #endif
 }
 
+/* 1 when this CPU has AVX512-BF16's vdpbf16ps (Zen 4 and later, Cooper Lake, Sapphire Rapids): the bf16
+ * matmuls' path where AMX is missing. cpuid leaf 7, subleaf 1, eax bit 5; AVX-512 state must be enabled. */
+static int dpbf16_available(void) {
+#ifdef ST_DPBF16
+    unsigned a, b, c, d;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1);
+#else
+    return 0;
+#endif
+}
+
+/* Which unit runs the bf16 matmuls of the packed layer stack and LM head: BF16_AMX, BF16_DP (AVX512-BF16
+ * dot products on the same packed weights: ~190 GFLOP/s per Zen 4 core, twice its float32 FMA) or BF16_NONE. */
+#define BF16_NONE 0
+#define BF16_DP 1
+#define BF16_AMX 2
+static int bf16_unit = -1;
+int st_bf16_unit(void) {
+    if (bf16_unit < 0) bf16_unit = amx_available() ? BF16_AMX : dpbf16_available() ? BF16_DP : BF16_NONE;
+    return bf16_unit;
+}
+
+/* Use `unit` for later calls where this CPU has it (tests and benchmarks run AVX512-BF16 on AMX machines
+ * this way); returns the unit in use. Not while a bf16 call runs. */
+int st_use_bf16_unit(int unit) {
+    if (unit == BF16_NONE || (unit == BF16_DP && dpbf16_available()) || (unit == BF16_AMX && amx_available()))
+        bf16_unit = unit;
+    return st_bf16_unit();
+}
+
 /* A bf16 matrix w [K, N] (input-major, as x @ w) into tiles: for each 16 columns, K/32 tiles of 16
- * rows, row kk holding (w[2kk, n], w[2kk+1, n]) for the 16 columns n. K % 32 == 0, N % 16 == 0. */
-void st_amx_pack(const uint16_t *w, int K, int N, uint16_t *out) {
+ * rows, row kk holding (w[2kk, n], w[2kk+1, n]) for the 16 columns n. K % 32 == 0, N % 16 == 0. A tile is
+ * what AMX loads; each of its rows is one zmm register of pairs for vdpbf16ps. */
+void st_bf16_pack(const uint16_t *w, int K, int N, uint16_t *out) {
     for (int nb = 0; nb < N / 16; nb++)
         for (int kb = 0; kb < K / 32; kb++) {
             uint16_t *tile = out + ((size_t)nb * (K / 32) + kb) * 512;
@@ -1390,7 +1433,7 @@ void st_amx_pack(const uint16_t *w, int K, int N, uint16_t *out) {
 }
 
 #ifdef ST_AMX
-/* c [M, N] (+)= a [M, K] (bf16, row-major) x b (packed by st_amx_pack), float32. M, N, K % 32 == 0. */
+/* c [M, N] (+)= a [M, K] (bf16, row-major) x b (packed by st_bf16_pack), float32. M, N, K % 32 == 0. */
 ST_AMX_FN static void amx_gemm(const uint16_t *a, int M, int K, const uint16_t *b, int N, float *c, int accumulate) {
     int kt = K / 32;
     size_t ldc = (size_t)N * sizeof(float);
@@ -1422,6 +1465,68 @@ ST_AMX_FN static void amx_gemm(const uint16_t *a, int M, int K, const uint16_t *
 ST_AMX_FN static void amx_begin(void) { _tile_loadconfig(&AMX_CONFIG); }
 ST_AMX_FN static void amx_end(void) { _tile_release(); }
 #endif
+
+#ifdef ST_DPBF16
+/* amx_gemm's contract on AVX512-BF16: 8 rows x 32 columns of float32 accumulators in registers, each
+ * step a broadcast pair (a[r, 2j], a[r, 2j+1]) against row j of two packed column blocks (the tiles'
+ * rows are contiguous within a block, so a block is K/2 rows of 16 pairs). */
+ST_DPBF16_FN static void dpbf16_gemm(const uint16_t *a, int M, int K, const uint16_t *b, int N, float *c, int accumulate) {
+    int pairs = K / 2;
+    for (int n = 0; n < N; n += 32) {
+        const uint16_t *b0 = b + (size_t)(n / 16) * (K / 32) * 512, *b1 = b0 + (size_t)(K / 32) * 512;
+        for (int m = 0; m < M; m += 8) {
+            __m512 acc[8][2];
+            float *cr = c + (size_t)m * N + n;
+            const int32_t *ar = (const int32_t *)(a + (size_t)m * K);
+            for (int r = 0; r < 8; r++) {
+                acc[r][0] = accumulate ? _mm512_loadu_ps(cr + (size_t)r * N) : _mm512_setzero_ps();
+                acc[r][1] = accumulate ? _mm512_loadu_ps(cr + (size_t)r * N + 16) : _mm512_setzero_ps();
+            }
+            for (int j = 0; j < pairs; j++) {
+                __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + (size_t)j * 32);
+                __m512bh w1 = (__m512bh)_mm512_loadu_si512(b1 + (size_t)j * 32);
+                for (int r = 0; r < 8; r++) {
+                    __m512bh av = (__m512bh)_mm512_set1_epi32(ar[(size_t)r * pairs + j]);
+                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, w0);
+                    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, w1);
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                _mm512_storeu_ps(cr + (size_t)r * N, acc[r][0]);
+                _mm512_storeu_ps(cr + (size_t)r * N + 16, acc[r][1]);
+            }
+        }
+    }
+}
+#endif
+
+/* The bf16 matmul on whichever unit st_bf16_unit chose; bf16_begin/bf16_end bracket a thread's use of it
+ * (AMX's tile configuration is per thread). */
+static void bf16_gemm(const uint16_t *a, int M, int K, const uint16_t *b, int N, float *c, int accumulate) {
+#ifdef ST_AMX
+    if (st_bf16_unit() == BF16_AMX) {
+        amx_gemm(a, M, K, b, N, c, accumulate);
+        return;
+    }
+#endif
+#ifdef ST_DPBF16
+    dpbf16_gemm(a, M, K, b, N, c, accumulate);
+#else
+    (void)a; (void)M; (void)K; (void)b; (void)N; (void)c; (void)accumulate;
+#endif
+}
+
+static void bf16_begin(void) {
+#ifdef ST_AMX
+    if (st_bf16_unit() == BF16_AMX) amx_begin();
+#endif
+}
+
+static void bf16_end(void) {
+#ifdef ST_AMX
+    if (st_bf16_unit() == BF16_AMX) amx_end();
+#endif
+}
 
 /* 1 when this CPU runs the float32 tile matmul (AVX-512F with FMA): the fp32 layer stack's path. */
 int st_f32_tiles_available(void) {
@@ -1547,13 +1652,10 @@ static void norm_input(int f32, const float *x, const float *w, int T, int Tp, i
 }
 
 static void tile_gemm(int f32, const void *a, int M, int K, const void *b, int N, float *c, int accumulate) {
-#ifdef ST_AMX
-    if (!f32) {
-        amx_gemm(a, M, K, b, N, c, accumulate);
-        return;
-    }
-#endif
-    f32_gemm(a, M, K, b, N, c, accumulate);
+    if (f32)
+        f32_gemm(a, M, K, b, N, c, accumulate);
+    else
+        bf16_gemm(a, M, K, b, N, c, accumulate);
 }
 
 static void tree_forward_job(void *arg, int tid, int nt) {
@@ -1565,9 +1667,7 @@ static void tree_forward_job(void *arg, int tid, int nt) {
     float *xb = f->scratch + (size_t)tid * lay->total, *cb = xb + lay->cb, *scores = xb + lay->scores;
     float *keys = xb + lay->keys, *vals = xb + lay->vals, *o = xb + lay->o;
     void *ab = xb + lay->ab;
-#ifdef ST_AMX
-    if (!f32) amx_begin();
-#endif
+    if (!f32) bf16_begin();
     for (;;) {
         int r0 = atomic_fetch_add(&f->next, 1) * lay->tile_rows;
         if (r0 >= f->rows) break;
@@ -1600,17 +1700,15 @@ static void tree_forward_job(void *arg, int tid, int nt) {
         }
         for (int t = 0; t < T; t++) rms_norm(xb + (size_t)t * D, f->final_norm, x + (size_t)t * D, D, f->eps);
     }
-#ifdef ST_AMX
-    if (!f32) amx_end();
-#endif
+    if (!f32) bf16_end();
 }
 #endif
 
 /* The layer stack of packed trees (what st_tree_attention's comment describes) in one call, each thread
  * taking tiles of whole rows through every layer: x [rows * width, hidden] float32 holds the embeddings
  * and receives the final normed hidden states. `w`: 6 pointers per layer (see tree_fwd_args); f32 picks
- * the float32 matmuls (AVX-512, weights by st_f32_pack), else bf16 on AMX (st_amx_pack). -1 where that
- * matmul cannot run or for sizes it does not divide (hidden, inner, heads * head_dim and the qkv width
+ * the float32 matmuls (AVX-512, weights by st_f32_pack), else bf16 (st_bf16_pack) on AMX or AVX512-BF16.
+ * -1 where that matmul cannot run or for sizes it does not divide (hidden, inner, heads * head_dim and the qkv width
  * multiples of 32); -2 when the scratch is too small for the pool. */
 int st_tree_forward(int rows, int width, int hidden, int inner, int heads, int kv, int head_dim, int layers, int f32,
                     float eps, const void *const *w, const float *final_norm, const float *cos, const float *sin,
@@ -1618,7 +1716,7 @@ int st_tree_forward(int rows, int width, int hidden, int inner, int heads, int k
                     int64_t scratch_floats) {
 #ifdef ST_X86
     int qkv_w = (heads + 2 * kv) * head_dim;
-    if (!(f32 ? st_f32_tiles_available() : st_amx_available()) || hidden % 32 || inner % 32 ||
+    if (!(f32 ? st_f32_tiles_available() : st_bf16_unit() != BF16_NONE) || hidden % 32 || inner % 32 ||
         (heads * head_dim) % 32 || qkv_w % 32 || head_dim % 2 || heads % kv)
         return -1;
     tree_fwd_args a = {rows, width, hidden, inner, heads, kv, head_dim, layers, f32 != 0, eps, w, final_norm, cos,
@@ -1653,7 +1751,7 @@ static int64_t head_floats(int hidden) { /* room for the 3-product split; 1 prod
            5 * HEAD_TILE_ROWS;
 }
 
-#ifdef ST_AMX
+#ifdef ST_X86
 static void head_job(void *arg, int tid, int nt) {
     (void)nt;
     head_args *a = arg;
@@ -1665,7 +1763,7 @@ static void head_job(void *arg, int tid, int nt) {
     double *total = (double *)(target + HEAD_TILE_ROWS); /* 2 floats each */
     int32_t *best = (int32_t *)(total + HEAD_TILE_ROWS);
     float *hi = logits; /* rows' float32 hi parts, before the first chunk needs the space */
-    amx_begin();
+    bf16_begin();
     for (;;) {
         int r0 = atomic_fetch_add(&a->next, 1) * HEAD_TILE_ROWS;
         if (r0 >= a->n) break;
@@ -1687,7 +1785,7 @@ static void head_job(void *arg, int tid, int nt) {
         memset(split + (size_t)T * K3, 0, (size_t)(Tp - T) * K3 * sizeof(uint16_t));
         for (int n0 = 0; n0 < V; n0 += HEAD_CHUNK) {
             int nc = V - n0 < HEAD_CHUNK ? V - n0 : HEAD_CHUNK;
-            amx_gemm(split, Tp, K3, a->head + (size_t)(n0 / 16) * (K3 / 32) * 512, nc, logits, 0);
+            bf16_gemm(split, Tp, K3, a->head + (size_t)(n0 / 16) * (K3 / 32) * 512, nc, logits, 0);
             for (int r = 0; r < T; r++) {
                 float *row = logits + (size_t)r * nc;
                 int64_t t = a->targets[r0 + r];
@@ -1706,22 +1804,22 @@ static void head_job(void *arg, int tid, int nt) {
             a->greedy[r0 + r] = best[r] == a->targets[r0 + r];
         }
     }
-    amx_end();
+    bf16_end();
 }
 #endif
 
-int64_t st_amx_logprobs_floats(int hidden) { return head_floats(hidden); }
+int64_t st_bf16_logprobs_floats(int hidden) { return head_floats(hidden); }
 
-/* st_logprobs for hidden states h [n, hidden] (float32) and an LM head packed by st_amx_pack, the logits
- * computed on AMX a chunk at a time and never stored whole. products 3: the head is [W_hi; W_hi; W_lo]
+/* st_logprobs for hidden states h [n, hidden] (float32) and an LM head packed by st_bf16_pack, the logits
+ * computed on the bf16 unit (AMX or AVX512-BF16) a chunk at a time and never stored whole. products 3: the head is [W_hi; W_hi; W_lo]
  * (3 * hidden rows, vocab columns; hi = bf16(W), lo = bf16(W - hi)), logits to ~2^-16; products 1: the
- * head is W_hi (hidden rows), plain bf16 products summed in float32. -1 without AMX, for sizes the tiles
+ * head is W_hi (hidden rows), plain bf16 products summed in float32. -1 without a bf16 unit, for sizes the tiles
  * do not divide (hidden % 32, vocab % 32), products not 1 or 3, or a target outside the vocabulary;
  * -2: scratch too small. */
-int st_amx_logprobs(int n, int hidden, int vocab, int products, const float *h, const uint16_t *head,
+int st_bf16_logprobs(int n, int hidden, int vocab, int products, const float *h, const uint16_t *head,
                     const int64_t *targets, double *logp, uint8_t *greedy, float *scratch, int64_t scratch_floats) {
-#ifdef ST_AMX
-    if (!st_amx_available() || hidden % 32 || vocab % 32 || (products != 1 && products != 3)) return -1;
+#ifdef ST_X86
+    if (st_bf16_unit() == BF16_NONE || hidden % 32 || vocab % 32 || (products != 1 && products != 3)) return -1;
     for (int r = 0; r < n; r++)
         if (targets[r] < 0 || targets[r] >= vocab) return -1;
     head_args a = {n, hidden, vocab, products, h, head, targets, logp, greedy, scratch, head_floats(hidden), 0};

@@ -77,7 +77,7 @@ class Engine:
     The engine copies the weights it needs (fused), so the HF model can be freed or kept for
     comparison; it is not thread-safe (the server gives it one scheduler thread). With
     `dtype=torch.bfloat16` the weights, activations and cache are bf16 (what batched scoring
-    runs on CPUs with AMX); RMSNorm still computes in fp32, as HF's LlamaRMSNorm does.
+    runs on CPUs with AMX or AVX512-BF16); RMSNorm still computes in fp32, as HF's LlamaRMSNorm does.
     """
 
     @staticmethod
@@ -174,7 +174,7 @@ class Engine:
 
     def _packed_layers(self):
         """The layer weights packed for the compiled one-call layer stack (`_tree_body_packed`): float32
-        panels on AVX-512 for fp32 engines, bf16 tiles on AMX for bf16 ones. The address of a table of 6
+        panels on AVX-512 for fp32 engines, bf16 tiles on AMX (or AVX512-BF16) for bf16 ones. The address of a table of 6
         pointers per layer, the table and the tensors it points into; None where it cannot run."""
         if self._packed is not False:
             return self._packed
@@ -184,7 +184,7 @@ class Engine:
         widths = (self.embed.shape[1], self.config.intermediate_size, self.heads * self.head_dim, qkv_width)
         if stages is None or any(w % 32 for w in widths):
             return None
-        if not (stages.f32_tiles if self.dtype == torch.float32 else self.dtype == torch.bfloat16 and stages.amx):
+        if not (stages.f32_tiles if self.dtype == torch.float32 else self.dtype == torch.bfloat16 and stages.bf16_unit):
             return None
         import ctypes
 
@@ -199,10 +199,10 @@ class Engine:
         self._packed = (ctypes.addressof(table), table, keep)
         return self._packed
 
-    def amx_head(self, weight: torch.Tensor, products: int = 3) -> torch.Tensor | None:
-        """An LM head [hidden, vocab] (float32) packed for the compiled AMX logprobs. products 3: [W_hi; W_hi;
+    def bf16_head(self, weight: torch.Tensor, products: int = 3) -> torch.Tensor | None:
+        """An LM head [hidden, vocab] (float32) packed for the compiled bf16 logprobs. products 3: [W_hi; W_hi;
         W_lo] as bf16 tiles, so hi.hi + lo.hi + hi.lo gives the logits to ~2^-16 on bf16 units; 1: W_hi
-        alone, plain bf16 products. None where that cannot run (no AMX stack for this engine, or a
+        alone, plain bf16 products. None where that cannot run (no bf16 stack for this engine, or a
         vocabulary that is not a multiple of 32)."""
         if self.dtype != torch.bfloat16 or self._packed_layers() is None or weight.shape[1] % 32:
             return None
@@ -211,14 +211,14 @@ class Engine:
         return self._pack(torch.cat(parts).contiguous())
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        """A contiguous [in, out] matrix in the compiled matmuls' order: bf16 in AMX tiles (int16 storage,
+        """A contiguous [in, out] matrix in the compiled matmuls' order: bf16 in AMX tile order (int16 storage,
         what the C calls read), float32 in panels of 32 columns."""
         if weight.dtype == torch.float32:
             packed = torch.empty(weight.numel(), dtype=torch.float32)
             self._stages.f32_pack(weight.data_ptr(), weight.shape[0], weight.shape[1], packed.data_ptr())
             return packed
         packed = torch.empty(weight.numel(), dtype=torch.int16)
-        self._stages.amx_pack(weight.data_ptr(), weight.shape[0], weight.shape[1], packed.data_ptr())
+        self._stages.bf16_pack(weight.data_ptr(), weight.shape[0], weight.shape[1], packed.data_ptr())
         return packed
 
     def _rope_tables(self, rotary) -> None:
@@ -286,7 +286,7 @@ class Engine:
 
     def _tree_body_packed(self, ids: torch.Tensor, positions: torch.Tensor, seg: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
         """tree_hidden_states in one compiled call (float32 out), each thread's tile of rows through every
-        layer in its own cache: float32 matmuls on AVX-512, or AMX bf16 ones with float32 outputs (then
+        layer in its own cache: float32 matmuls on AVX-512, or bf16 ones (AMX or AVX512-BF16) with float32 outputs (then
         only the matmul inputs are bf16; norms, RoPE, attention and SiLU are float32 either way)."""
         table = self._packed[0]
         rows, width = ids.shape

@@ -93,16 +93,17 @@ def library() -> ctypes.CDLL:
                 lib.st_tree_attention.argtypes = [i32, i32, i32, i32, i32, i32, p, p, p, p, p, p, p, p, i64]
                 lib.st_tree_attention.restype = i32
                 lib.st_logprobs.argtypes, lib.st_logprobs.restype = [i32, i32, i32, p, p, p, p, p, i64], i32
-                lib.st_amx_available.argtypes, lib.st_amx_available.restype = [], i32
-                lib.st_amx_pack.argtypes, lib.st_amx_pack.restype = [p, i32, i32, p], None
+                lib.st_bf16_unit.argtypes, lib.st_bf16_unit.restype = [], i32
+                lib.st_use_bf16_unit.argtypes, lib.st_use_bf16_unit.restype = [i32], i32
+                lib.st_bf16_pack.argtypes, lib.st_bf16_pack.restype = [p, i32, i32, p], None
                 lib.st_f32_tiles_available.argtypes, lib.st_f32_tiles_available.restype = [], i32
                 lib.st_f32_pack.argtypes, lib.st_f32_pack.restype = [p, i32, i32, p], None
                 lib.st_tree_forward_floats.argtypes = [i32] * 7
                 lib.st_tree_forward_floats.restype = i64
                 lib.st_tree_forward.argtypes = [i32] * 9 + [f32] + [p] * 9 + [i64]
                 lib.st_tree_forward.restype = i32
-                lib.st_amx_logprobs_floats.argtypes, lib.st_amx_logprobs_floats.restype = [i32], i64
-                lib.st_amx_logprobs.argtypes, lib.st_amx_logprobs.restype = [i32, i32, i32, i32, p, p, p, p, p, p, i64], i32
+                lib.st_bf16_logprobs_floats.argtypes, lib.st_bf16_logprobs_floats.restype = [i32], i64
+                lib.st_bf16_logprobs.argtypes, lib.st_bf16_logprobs.restype = [i32, i32, i32, i32, p, p, p, p, p, p, i64], i32
                 _LIB = lib
                 return lib
     raise Unsupported(_LIB_ERROR)
@@ -175,30 +176,38 @@ class Stages:
             raise StentorError(f"a target token id is outside the vocabulary of {vocab}")
 
     @property
-    def amx(self) -> bool:
-        """Whether this CPU and kernel give the process AMX-BF16 tiles (what `tree_forward` runs on)."""
-        return bool(self.lib.st_amx_available())
+    def bf16_unit(self) -> str | None:
+        """What runs the bf16 matmuls of `tree_forward` and `bf16_logprobs` here: "amx" (AMX-BF16 tiles),
+        "avx512-bf16" (vdpbf16ps on the same packed weights, where AMX is missing) or None."""
+        return {2: "amx", 1: "avx512-bf16"}.get(self.lib.st_bf16_unit())
+
+    def use_bf16_unit(self, unit: str | None) -> str | None:
+        """Run later bf16 calls on `unit` ("amx", "avx512-bf16" or None: off) where this CPU has it, for the
+        whole process; returns the unit now in use."""
+        codes = {None: 0, "avx512-bf16": 1, "amx": 2}
+        return {2: "amx", 1: "avx512-bf16"}.get(self.lib.st_use_bf16_unit(codes[unit]))
 
     @property
     def f32_tiles(self) -> bool:
         """Whether this CPU runs the float32 tile matmul (AVX-512F + FMA) of `tree_forward(f32=True)`."""
         return bool(self.lib.st_f32_tiles_available())
 
-    def amx_pack(self, weight: int, rows: int, cols: int, out: int) -> None:
-        """A bf16 [rows, cols] matrix (input-major) into `out` (rows * cols bf16) in AMX tile order."""
-        self.lib.st_amx_pack(weight, rows, cols, out)
+    def bf16_pack(self, weight: int, rows: int, cols: int, out: int) -> None:
+        """A bf16 [rows, cols] matrix (input-major) into `out` (rows * cols bf16) in AMX tile order (pairs of
+        rows interleaved, 16 columns per block: what both bf16 units read)."""
+        self.lib.st_bf16_pack(weight, rows, cols, out)
 
     def f32_pack(self, weight: int, rows: int, cols: int, out: int) -> None:
         """A float32 [rows, cols] matrix (input-major) into `out` (rows * cols floats) in panels of 32 columns."""
         self.lib.st_f32_pack(weight, rows, cols, out)
 
-    def amx_logprobs(self, n: int, hidden: int, vocab: int, products: int, h: int, head: int, targets: int,
+    def bf16_logprobs(self, n: int, hidden: int, vocab: int, products: int, h: int, head: int, targets: int,
                      logp: int, greedy: int) -> bool:  # fmt: skip
-        """`logprobs` from float32 hidden states h [n, hidden] and an LM head packed for AMX (see
-        `Engine.amx_head`: products 3 for the split head, 1 for plain bf16), never storing the logits whole.
+        """`logprobs` from float32 hidden states h [n, hidden] and an LM head packed by `bf16_pack` (see
+        `Engine.bf16_head`: products 3 for the split head, 1 for plain bf16), never storing the logits whole.
         False where it cannot run (nothing written)."""
-        per_thread = self.lib.st_amx_logprobs_floats(hidden)
-        return self._run(self.lib.st_amx_logprobs, per_thread, n, hidden, vocab, products, h, head, targets, logp,
+        per_thread = self.lib.st_bf16_logprobs_floats(hidden)
+        return self._run(self.lib.st_bf16_logprobs, per_thread, n, hidden, vocab, products, h, head, targets, logp,
                          greedy) == 0  # fmt: skip
 
     def tree_forward(self, rows: int, width: int, sizes: tuple[int, int, int, int, int, int], f32: bool, eps: float,
@@ -207,7 +216,7 @@ class Stages:
         """The whole layer stack of packed trees in one call: x [rows * width, hidden] float32 embeddings
         in, final normed hidden states out. sizes: hidden, inner, heads, kv heads, head dim, layers;
         weights: 6 pointers per layer (norm1, packed qkv, packed o, norm2, packed gate_up, packed down),
-        packed by `f32_pack` (f32: float32 matmuls on AVX-512) or `amx_pack` (bf16 on AMX).
+        packed by `f32_pack` (f32: float32 matmuls on AVX-512) or `bf16_pack` (bf16 on AMX or AVX512-BF16).
         False when that matmul or these sizes cannot run it (nothing was written)."""
         hidden, inner, heads, kv, head_dim, layers = sizes
         per_thread = self.lib.st_tree_forward_floats(width, hidden, inner, heads, kv, head_dim, int(f32))
