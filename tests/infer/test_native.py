@@ -356,16 +356,21 @@ def test_scoring_stages_equal_torch(bf16):
 
 
 @pytest.mark.parametrize("int8", [False, True])
-def test_a_row_gets_the_same_bits_alone_or_in_a_batch(int8):
-    """Batched matmuls take rows two at a time through each block of weights; a row's logits must not
-    depend on whether it was paired (odd row counts leave one unpaired)."""
+@pytest.mark.parametrize("hidden", [64, 48])  # 48: rows of 48 and 144 floats end in a masked part of 16
+def test_a_row_gets_the_same_bits_alone_or_in_a_batch(int8, hidden):
+    """Batched matmuls take rows four (then two, then one) at a time through each block of weights; a
+    row's logits must not depend on which group it fell in (15 rows together: three fours, a two and a
+    one; 3 rows alone: a two and a one)."""
+    import dataclasses
+
     from stentor.export.quantize import QuantConfig, quantize_model
 
-    model = build_model(get_preset("stentor2-tiny"), seed=0).eval()
+    config = dataclasses.replace(get_preset("stentor2-tiny"), hidden_size=hidden, intermediate_size=3 * hidden)
+    model = build_model(config, seed=0).eval()
     if int8:
         model = quantize_model(model, QuantConfig("int8"))
     engine = NativeEngine(Weights.from_model(model), threads=2)
-    sequences = [[5, 9, 200], [7, 7, 1], [1000, 3, 4]]
+    sequences = [[5, 9, 200], [7, 7, 1], [1000, 3, 4], [2, 4, 8], [16, 32, 64]]
     together = engine.logits(sequences)
     for i, sequence in enumerate(sequences):
         assert np.array_equal(engine.logits([sequence])[0], together[i])

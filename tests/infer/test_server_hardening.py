@@ -76,7 +76,7 @@ def test_abandoned_plain_requests_stop_decoding(server):
     before = tokens()
     socks = [_post_and_leave(port, {"prompt": "Once upon a time", "max_tokens": 250, "temperature": 1.0,
                                     "stop": ["never-seen-stop"], "repetition_penalty": 1.0}) for _ in range(64)]  # fmt: skip
-    time.sleep(0.3)
+    time.sleep(0.1)  # leave early: at 0.3 s the runtime had decoded 9,715 of the 16,000 tokens
     for sock in socks:
         sock.close()
     time.sleep(1.0)

@@ -198,6 +198,43 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
         out[4 + k] = _mm512_reduce_add_ps(_mm512_add_ps(b[k], b[k + 4]));                            \
     }
 
+/* The same four rows times four consecutive inputs x, x + cols, x + 2 cols, x + 3 cols (out[4q + k]:
+ * input q, row k), two rows at a time: each weight is loaded (and, for int8, converted) once for four
+ * inputs, and each (row, input) sums its products in ST_DOT4_BODY's order and accumulators. */
+#define ST_DOT4X4_BODY(LOAD)                                                                         \
+    for (int h = 0; h < 4; h += 2) {                                                                 \
+        const TYPE *wa = w + (size_t)h * cols, *wb = wa + cols;                                      \
+        __m512 acc[2][4][2];                                                                         \
+        for (int q = 0; q < 4; q++)                                                                  \
+            acc[0][q][0] = acc[0][q][1] = acc[1][q][0] = acc[1][q][1] = _mm512_setzero_ps();         \
+        int i = 0;                                                                                   \
+        for (; i + 32 <= cols; i += 32) {                                                            \
+            if (h == 0) ST_PREFETCH4(ahead, cols, i);                                                \
+            __m512 a0 = LOAD(wa + i, 0xFFFF), a1 = LOAD(wa + i + 16, 0xFFFF);                        \
+            __m512 b0 = LOAD(wb + i, 0xFFFF), b1 = LOAD(wb + i + 16, 0xFFFF);                        \
+            for (int q = 0; q < 4; q++) {                                                            \
+                __m512 x0 = _mm512_loadu_ps(x + (size_t)q * cols + i);                               \
+                __m512 x1 = _mm512_loadu_ps(x + (size_t)q * cols + i + 16);                          \
+                acc[0][q][0] = _mm512_fmadd_ps(a0, x0, acc[0][q][0]);                                \
+                acc[0][q][1] = _mm512_fmadd_ps(a1, x1, acc[0][q][1]);                                \
+                acc[1][q][0] = _mm512_fmadd_ps(b0, x0, acc[1][q][0]);                                \
+                acc[1][q][1] = _mm512_fmadd_ps(b1, x1, acc[1][q][1]);                                \
+            }                                                                                        \
+        }                                                                                            \
+        for (; i < cols; i += 16) {                                                                  \
+            __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);             \
+            __m512 a0 = LOAD(wa + i, m), b0 = LOAD(wb + i, m);                                       \
+            for (int q = 0; q < 4; q++) {                                                            \
+                __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)q * cols + i);                      \
+                acc[0][q][0] = _mm512_fmadd_ps(a0, xv, acc[0][q][0]);                                \
+                acc[1][q][0] = _mm512_fmadd_ps(b0, xv, acc[1][q][0]);                                \
+            }                                                                                        \
+        }                                                                                            \
+        for (int q = 0; q < 4; q++)                                                                  \
+            for (int k = 0; k < 2; k++)                                                              \
+                out[4 * q + h + k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k][q][0], acc[k][q][1])); \
+    }
+
 #define ST_LOAD_F32(p, m) _mm512_maskz_loadu_ps(m, p)
 #define ST_LOAD_I8(p, m) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)))
 
@@ -222,6 +259,18 @@ ST_AVX512 static void dot4x2_i8_avx512(const int8_t *w, int cols, const float *x
     const int8_t *w1 = w + cols, *w2 = w + 2 * (size_t)cols, *w3 = w + 3 * (size_t)cols;
     ST_DOT4X2_BODY(ST_LOAD_I8)
 }
+
+ST_AVX512 static void dot4x4_f32_avx512(const float *w, int cols, const float *x, float *out, const float *ahead) {
+#define TYPE float
+    ST_DOT4X4_BODY(ST_LOAD_F32)
+#undef TYPE
+}
+
+ST_AVX512 static void dot4x4_i8_avx512(const int8_t *w, int cols, const float *x, float *out, const int8_t *ahead) {
+#define TYPE int8_t
+    ST_DOT4X4_BODY(ST_LOAD_I8)
+#undef TYPE
+}
 #endif
 
 static void dot4_f32_c(const float *w, int cols, const float *x, float *out, const float *ahead) {
@@ -244,9 +293,19 @@ static void dot4x2_i8_c(const int8_t *w, int cols, const float *x, const float *
     dot4_i8_c(w, cols, y, out + 4, ahead);
 }
 
+static void dot4x4_f32_c(const float *w, int cols, const float *x, float *out, const float *ahead) {
+    for (int q = 0; q < 4; q++) dot4_f32_c(w, cols, x + (size_t)q * cols, out + 4 * q, ahead);
+}
+
+static void dot4x4_i8_c(const int8_t *w, int cols, const float *x, float *out, const int8_t *ahead) {
+    for (int q = 0; q < 4; q++) dot4_i8_c(w, cols, x + (size_t)q * cols, out + 4 * q, ahead);
+}
+
 static float (*dot_f32)(const float *, const float *, int) = dot_f32_c;
 static void (*dot4x2_f32)(const float *, int, const float *, const float *, float *, const float *) = dot4x2_f32_c;
 static void (*dot4x2_i8)(const int8_t *, int, const float *, const float *, float *, const int8_t *) = dot4x2_i8_c;
+static void (*dot4x4_f32)(const float *, int, const float *, float *, const float *) = dot4x4_f32_c;
+static void (*dot4x4_i8)(const int8_t *, int, const float *, float *, const int8_t *) = dot4x4_i8_c;
 static void (*dot4_f32)(const float *, int, const float *, float *, const float *) = dot4_f32_c;
 static void (*dot4_i8)(const int8_t *, int, const float *, float *, const int8_t *) = dot4_i8_c;
 static float (*dot_i8)(const int8_t *, const float *, int) = dot_i8_c;
@@ -521,6 +580,8 @@ static void pick_kernels(void) {
         dot4_i8 = dot4_i8_avx512;
         dot4x2_f32 = dot4x2_f32_avx512;
         dot4x2_i8 = dot4x2_i8_avx512;
+        dot4x4_f32 = dot4x4_f32_avx512;
+        dot4x4_i8 = dot4x4_i8_avx512;
         exp_sum = exp_sum_avx512;
         argmax = argmax_avx512;
         silu_mul = silu_mul_avx512;
@@ -730,32 +791,37 @@ ST_HOT static void rms_norm(const float *x, const float *w, float *out, int n, f
 
 /* out[r, j] (+)= mat[j] . in[r] for this thread's share of the matrix rows j. The matrix row is the
  * outer loop, four rows at a time, so each weight is read once per step whatever the number of
- * inputs (prefill reads the inputs from cache instead); blocks of four stay whole across threads. */
+ * inputs (prefill reads the inputs from cache instead); blocks of four stay whole across threads.
+ * Inputs go four (then two, then one) per pass over a block, each weight converted once a pass. */
 static void matmul(const st_mat *m, const float *in, int n, float *out, int accumulate, int tid, int nt) {
     int lo, hi, cols = m->cols;
     split_rows(m->rows, tid, nt, &lo, &hi);
     int j = lo;
-    float v[8];
+    float v[16];
     for (; j + 4 <= hi; j += 4)
-        for (int r = 0; r < n; r += 2) {
-            int pair = r + 1 < n; /* two inputs per pass over the block where there are two */
-            const float *xr = in + (size_t)r * cols, *yr = xr + cols;
+        for (int r = 0, take; r < n; r += take) {
+            take = n - r >= 4 ? 4 : n - r >= 2 ? 2 : 1;
+            const float *xr = in + (size_t)r * cols;
             int prefetch = r == 0 && n > 1 && j + 8 <= hi; /* one input: the hardware prefetcher keeps up */
             if (m->type == WT_I8) {
                 const int8_t *wj = (const int8_t *)m->w + (size_t)j * cols, *ahead = prefetch ? wj + 4 * (size_t)cols : NULL;
-                if (pair)
-                    dot4x2_i8(wj, cols, xr, yr, v, ahead);
+                if (take == 4)
+                    dot4x4_i8(wj, cols, xr, v, ahead);
+                else if (take == 2)
+                    dot4x2_i8(wj, cols, xr, xr + cols, v, ahead);
                 else
                     dot4_i8(wj, cols, xr, v, ahead);
-                for (int k = 0; k < 4 + 4 * pair; k++) v[k] *= m->scale[j + (k & 3)];
+                for (int k = 0; k < 4 * take; k++) v[k] *= m->scale[j + (k & 3)];
             } else {
                 const float *wj = (const float *)m->w + (size_t)j * cols, *ahead = prefetch ? wj + 4 * (size_t)cols : NULL;
-                if (pair)
-                    dot4x2_f32(wj, cols, xr, yr, v, ahead);
+                if (take == 4)
+                    dot4x4_f32(wj, cols, xr, v, ahead);
+                else if (take == 2)
+                    dot4x2_f32(wj, cols, xr, xr + cols, v, ahead);
                 else
                     dot4_f32(wj, cols, xr, v, ahead);
             }
-            for (int q = 0; q <= pair; q++) {
+            for (int q = 0; q < take; q++) {
                 float *o = out + (size_t)(r + q) * m->rows + j;
                 for (int k = 0; k < 4; k++) o[k] = accumulate ? o[k] + v[4 * q + k] : v[4 * q + k];
             }
