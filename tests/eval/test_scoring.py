@@ -136,8 +136,9 @@ def test_the_float32_layer_stack_agrees_with_the_staged_fp32_path(model_and_toke
 
 
 def test_the_bf16_head_gives_split_or_plain_bf16_log_probs(model_and_tokenizer, bf16_unit):
-    """The fused bf16 LM head (on each bf16 unit): split in three bf16 products it matches float64 log-softmax to ~1e-5; as
-    one product (a re-checked scorer's) it matches float64 on bf16-rounded inputs, a visibly larger error."""
+    """The fused bf16 LM head (on each bf16 unit): split in three bf16 products it matches float64
+    log-softmax to ~1e-5; as one product (a re-checked scorer's) it matches float64 on bf16-rounded
+    inputs, a visibly larger error."""
     model, _ = model_and_tokenizer
     split, plain = Scorer(model, "bf16"), Scorer(model, "bf16", rechecked=True)
     if split.bf16_head is None:

@@ -34,8 +34,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="matmul precision: bf16 runs the layers on the CPU's bf16 units (AMX or AVX512-BF16) "
                         "with an fp32 residual stream and LM head; BLiMP re-scores every pair near a tie in "
-                        "fp32, so its accuracies equal fp32's; perplexity agrees to ~4 significant digits. auto = bf16 on "
-                        "CPUs with native bf16 for Llama-shaped models, else fp32 (default: %(default)s)")  # fmt: skip
+                        "fp32, so its accuracies equal fp32's; perplexity agrees to ~4 significant digits. "
+                        "auto = bf16 on CPUs with native bf16 for Llama-shaped models, else fp32 "
+                        "(default: %(default)s)")  # fmt: skip
 
 
 def _add_ppl_data_args(p: argparse.ArgumentParser, flag: str, required: bool) -> None:
@@ -154,9 +155,9 @@ def register(subparsers) -> None:
         description=(
             "Run lm-evaluation-harness tasks with an lm-eval model whose log-likelihoods come from stentor's\n"
             "scorer (requests sharing a context are scored with it once; bf16 on CPUs with AMX or\n"
-            "AVX512-BF16) and whose generations come from the stentor engine. Tokenization and windows are lm-eval's hf model's, so\n"
-            "the numbers are the same as `lm_eval --model hf` (in fp32, the default here; --precision bf16 is\n"
-            "faster, without a re-check). Tasks load their data with `datasets`: offline,\n"
+            "AVX512-BF16) and whose generations come from the stentor engine. Tokenization and windows are\n"
+            "lm-eval's hf model's, so the numbers are the same as `lm_eval --model hf` (in fp32, the default\n"
+            "here; --precision bf16 is faster, without a re-check). Tasks load their data with `datasets`: offline,\n"
             "point --include-path at task YAMLs that read local files (dataset_path: json).\n\n"
             "example: stentor eval lm-eval --model out/run1 --tasks blimp_anaphor_gender_agreement --limit 200"
         ),

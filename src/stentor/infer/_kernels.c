@@ -201,7 +201,7 @@ ST_AVX512 static float dot_i8_avx512(const int8_t *a, const float *b, int n) {
 /* The same four rows times four consecutive inputs x, x + cols, x + 2 cols, x + 3 cols (out[4q + k]:
  * input q, row k), two rows at a time: each weight is loaded (and, for int8, converted) once for four
  * inputs, and each (row, input) sums its products in ST_DOT4_BODY's order and accumulators. */
-#define ST_DOT4X4_BODY(LOAD)                                                                         \
+#define ST_DOT4X4_BODY(TYPE, LOAD)                                                                       \
     for (int h = 0; h < 4; h += 2) {                                                                 \
         const TYPE *wa = w + (size_t)h * cols, *wb = wa + cols;                                      \
         __m512 acc[2][4][2];                                                                         \
@@ -261,15 +261,11 @@ ST_AVX512 static void dot4x2_i8_avx512(const int8_t *w, int cols, const float *x
 }
 
 ST_AVX512 static void dot4x4_f32_avx512(const float *w, int cols, const float *x, float *out, const float *ahead) {
-#define TYPE float
-    ST_DOT4X4_BODY(ST_LOAD_F32)
-#undef TYPE
+    ST_DOT4X4_BODY(float, ST_LOAD_F32)
 }
 
 ST_AVX512 static void dot4x4_i8_avx512(const int8_t *w, int cols, const float *x, float *out, const int8_t *ahead) {
-#define TYPE int8_t
-    ST_DOT4X4_BODY(ST_LOAD_I8)
-#undef TYPE
+    ST_DOT4X4_BODY(int8_t, ST_LOAD_I8)
 }
 #endif
 
@@ -1458,8 +1454,8 @@ static int dpbf16_available(void) {
 #ifdef ST_DPBF16
     unsigned a, b, c, d;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1);
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1);
 #else
     return 0;
 #endif
@@ -1536,7 +1532,8 @@ ST_AMX_FN static void amx_end(void) { _tile_release(); }
 /* amx_gemm's contract on AVX512-BF16: 8 rows x 32 columns of float32 accumulators in registers, each
  * step a broadcast pair (a[r, 2j], a[r, 2j+1]) against row j of two packed column blocks (the tiles'
  * rows are contiguous within a block, so a block is K/2 rows of 16 pairs). */
-ST_DPBF16_FN static void dpbf16_gemm(const uint16_t *a, int M, int K, const uint16_t *b, int N, float *c, int accumulate) {
+ST_DPBF16_FN static void dpbf16_gemm(const uint16_t *a, int M, int K, const uint16_t *b, int N, float *c,
+                                     int accumulate) {
     int pairs = K / 2;
     for (int n = 0; n < N; n += 32) {
         const uint16_t *b0 = b + (size_t)(n / 16) * (K / 32) * 512, *b1 = b0 + (size_t)(K / 32) * 512;
@@ -1876,12 +1873,12 @@ static void head_job(void *arg, int tid, int nt) {
 
 int64_t st_bf16_logprobs_floats(int hidden) { return head_floats(hidden); }
 
-/* st_logprobs for hidden states h [n, hidden] (float32) and an LM head packed by st_bf16_pack, the logits
- * computed on the bf16 unit (AMX or AVX512-BF16) a chunk at a time and never stored whole. products 3: the head is [W_hi; W_hi; W_lo]
- * (3 * hidden rows, vocab columns; hi = bf16(W), lo = bf16(W - hi)), logits to ~2^-16; products 1: the
- * head is W_hi (hidden rows), plain bf16 products summed in float32. -1 without a bf16 unit, for sizes the tiles
- * do not divide (hidden % 32, vocab % 32), products not 1 or 3, or a target outside the vocabulary;
- * -2: scratch too small. */
+/* st_logprobs for hidden states h [n, hidden] (float32) and an LM head packed by st_bf16_pack, the
+ * logits computed on the bf16 unit (AMX or AVX512-BF16) a chunk at a time and never stored whole.
+ * products 3: the head is [W_hi; W_hi; W_lo] (3 * hidden rows, vocab columns; hi = bf16(W), lo =
+ * bf16(W - hi)), logits to ~2^-16; products 1: the head is W_hi (hidden rows), plain bf16 products
+ * summed in float32. -1 without a bf16 unit, for sizes the tiles do not divide (hidden % 32, vocab % 32),
+ * products not 1 or 3, or a target outside the vocabulary; -2: scratch too small. */
 int st_bf16_logprobs(int n, int hidden, int vocab, int products, const float *h, const uint16_t *head,
                     const int64_t *targets, double *logp, uint8_t *greedy, float *scratch, int64_t scratch_floats) {
 #ifdef ST_X86

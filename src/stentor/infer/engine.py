@@ -174,8 +174,8 @@ class Engine:
 
     def _packed_layers(self):
         """The layer weights packed for the compiled one-call layer stack (`_tree_body_packed`): float32
-        panels on AVX-512 for fp32 engines, bf16 tiles on AMX (or AVX512-BF16) for bf16 ones. The address of a table of 6
-        pointers per layer, the table and the tensors it points into; None where it cannot run."""
+        panels on AVX-512 for fp32 engines, bf16 tiles on AMX (or AVX512-BF16) for bf16 ones. The address
+        of a table of 6 pointers per layer, the table and the tensors it points into; None where it cannot run."""
         if self._packed is not False:
             return self._packed
         self._packed = None

@@ -103,7 +103,8 @@ def library() -> ctypes.CDLL:
                 lib.st_tree_forward.argtypes = [i32] * 9 + [f32] + [p] * 9 + [i64]
                 lib.st_tree_forward.restype = i32
                 lib.st_bf16_logprobs_floats.argtypes, lib.st_bf16_logprobs_floats.restype = [i32], i64
-                lib.st_bf16_logprobs.argtypes, lib.st_bf16_logprobs.restype = [i32, i32, i32, i32, p, p, p, p, p, p, i64], i32
+                lib.st_bf16_logprobs.argtypes = [i32, i32, i32, i32, p, p, p, p, p, p, i64]
+                lib.st_bf16_logprobs.restype = i32
                 _LIB = lib
                 return lib
     raise Unsupported(_LIB_ERROR)
@@ -138,6 +139,9 @@ class _Scratch:
             status = fn(*args, self.array.ctypes.data, self.array.size)
             if status != -2:
                 return status
+
+
+_BF16_UNITS = (None, "avx512-bf16", "amx")  # by the C library's codes (BF16_NONE, BF16_DP, BF16_AMX)
 
 
 class Stages:
@@ -179,13 +183,12 @@ class Stages:
     def bf16_unit(self) -> str | None:
         """What runs the bf16 matmuls of `tree_forward` and `bf16_logprobs` here: "amx" (AMX-BF16 tiles),
         "avx512-bf16" (vdpbf16ps on the same packed weights, where AMX is missing) or None."""
-        return {2: "amx", 1: "avx512-bf16"}.get(self.lib.st_bf16_unit())
+        return _BF16_UNITS[self.lib.st_bf16_unit()]
 
     def use_bf16_unit(self, unit: str | None) -> str | None:
         """Run later bf16 calls on `unit` ("amx", "avx512-bf16" or None: off) where this CPU has it, for the
         whole process; returns the unit now in use."""
-        codes = {None: 0, "avx512-bf16": 1, "amx": 2}
-        return {2: "amx", 1: "avx512-bf16"}.get(self.lib.st_use_bf16_unit(codes[unit]))
+        return _BF16_UNITS[self.lib.st_use_bf16_unit(_BF16_UNITS.index(unit))]
 
     @property
     def f32_tiles(self) -> bool:
