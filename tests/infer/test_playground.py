@@ -87,7 +87,7 @@ def test_the_page_shows_the_model_and_streams_an_example(page, story_model, tmp_
     page.evaluate("""() => { window.lengths = [];
         new MutationObserver(() => window.lengths.push(document.getElementById('completion').textContent.length))
           .observe(document.getElementById('completion'), {childList: true, subtree: true, characterData: true}); }""")
-    page.fill("#max_tokens", "300")
+    page.fill("#max_tokens", "1200")
     page.check("#show-tokens")
     page.click("#examples button >> text=Story Generation")
     wait_idle(page, 0)
