@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_train import make_corpus, make_tokenizer  # noqa: E402  (one corpus and tokenizer maker for benchmarks)
 
+from stentor.fileio import atomic_write_text  # noqa: E402
 from stentor.train.config import load_config  # noqa: E402
 from stentor.train.trainer import Trainer  # noqa: E402
 
@@ -353,6 +354,10 @@ def main() -> int:
               ("resume", lambda: stage_resume(work, size, device)),
               ("eval", lambda: stage_eval(work, size, device, report["resume"]["model"])),
               ("ddp", lambda: stage_ddp(work, size, device, args.cpu_smoke, report["recipe"]["tokens_per_s"]))]
+
+    def save() -> None:  # after every stage, so a run cut short (the machine taken back) keeps what it measured
+        atomic_write_text(args.out, json.dumps(report, indent=2, default=str) + "\n")
+
     for name, run in stages:
         t0 = time.perf_counter()
         try:
@@ -360,9 +365,10 @@ def main() -> int:
         except Exception as exc:  # one failed stage is a row of the table, the others still run
             report[name] = {"error": f"{type(exc).__name__}: {exc}"[:500], "ok": False}
         report[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        save()
         print(f"gpu_check: {name} done in {report[name]['seconds']} s", file=sys.stderr, flush=True)
     report["total_seconds"] = {"ok": True, "seconds": round(time.perf_counter() - started, 1)}
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    save()
     print(table(report))
     print(f"report: {args.out}")
     return 0 if all(v.get("ok", True) for k, v in report.items() if k != "environment") else 1
