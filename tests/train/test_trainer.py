@@ -239,3 +239,31 @@ def test_the_epoch_order_is_computed_once_per_epoch_not_per_step(recipe, tmp_pat
     trainer.fit()
     assert trainer.total_steps > trainer.steps_per_epoch  # the run crossed an epoch end
     assert calls == [0, 1]  # epochs, not steps
+
+
+def test_the_grad_scalers_state_survives_a_resume(tmp_path):
+    """fp16 runs (CUDA) carry a GradScaler; its backed-off scale and growth count come back on resume."""
+    from stentor.model.build import build_model
+    from stentor.model.presets import get_preset
+    from stentor.train.checkpoint import TrainerState, load_checkpoint, rng_state, save_checkpoint
+
+    def parts():
+        model = build_model(get_preset("stentor2-tiny"), seed=0)
+        optimizer = torch.optim.AdamW(model.parameters())
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    model, optimizer, scheduler = parts()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=5)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    for overflow in (True, False, False):
+        scaler.scale(model(input_ids=ids, labels=ids).loss).backward()
+        if overflow:
+            next(model.parameters()).grad.view(-1)[0] = float("inf")
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    assert scaler.get_scale() == 2.0**15 and scaler.state_dict()["_growth_tracker"] == 2
+    path = save_checkpoint(tmp_path, TrainerState(step=3), model, optimizer, scheduler, scaler, [rng_state()], 2)
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=5)
+    load_checkpoint(path, *parts(), fresh, 0)
+    assert fresh.state_dict() == scaler.state_dict()
