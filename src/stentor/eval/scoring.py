@@ -306,8 +306,8 @@ class Scorer:
         if self.bf16_head is not None and n:
             hidden = hidden.contiguous()
             if stages.bf16_logprobs(n, hidden.shape[1], self.head.shape[1], self.head_products, hidden.data_ptr(),
-                                   self.bf16_head.data_ptr(), targets.data_ptr(), logp.data_ptr(),
-                                   greedy.data_ptr()):  # fmt: skip
+                                    self.bf16_head.data_ptr(), targets.data_ptr(), logp.data_ptr(),
+                                    greedy.data_ptr()):  # fmt: skip
                 return logp, greedy
         for i in range(0, n, _HEAD_CHUNK):
             logits = _mm(hidden[i : i + _HEAD_CHUNK], self.head, None)

@@ -1394,8 +1394,8 @@ int st_logprobs(int n, int vocab, int bf16, const void *logits, const int64_t *t
 /* batched scoring on bf16 units: the whole layer stack in one call                             */
 /*
  * Where the CPU has AMX-BF16 (Sapphire Rapids and later) or AVX512-BF16 (Zen 4 and later), the stages
- * above still leave torch's matmuls and ~100 passes over memory per batch. Here each thread takes a tile of whole rows
- * (~128 tokens) through every layer with its activations in its own cache: bf16 tile matmuls
+ * above still leave torch's matmuls and ~100 passes over memory per batch. Here each thread takes a tile
+ * of whole rows (~128 tokens) through every layer with its activations in its own cache: bf16 tile matmuls
  * accumulate in float32 and write float32 (torch's CPU bf16 matmul rounds its output to bf16), the
  * residual stream, norms, RoPE, attention and SiLU are float32, and only the matmul inputs are bf16.
  * Weights are packed once into the tile layout (`st_bf16_pack`).
@@ -1880,7 +1880,7 @@ int64_t st_bf16_logprobs_floats(int hidden) { return head_floats(hidden); }
  * summed in float32. -1 without a bf16 unit, for sizes the tiles do not divide (hidden % 32, vocab % 32),
  * products not 1 or 3, or a target outside the vocabulary; -2: scratch too small. */
 int st_bf16_logprobs(int n, int hidden, int vocab, int products, const float *h, const uint16_t *head,
-                    const int64_t *targets, double *logp, uint8_t *greedy, float *scratch, int64_t scratch_floats) {
+                     const int64_t *targets, double *logp, uint8_t *greedy, float *scratch, int64_t scratch_floats) {
 #ifdef ST_X86
     if (st_bf16_unit() == BF16_NONE || hidden % 32 || vocab % 32 || (products != 1 && products != 3)) return -1;
     for (int r = 0; r < n; r++)

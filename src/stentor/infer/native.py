@@ -205,7 +205,7 @@ class Stages:
         self.lib.st_f32_pack(weight, rows, cols, out)
 
     def bf16_logprobs(self, n: int, hidden: int, vocab: int, products: int, h: int, head: int, targets: int,
-                     logp: int, greedy: int) -> bool:  # fmt: skip
+                      logp: int, greedy: int) -> bool:  # fmt: skip
         """`logprobs` from float32 hidden states h [n, hidden] and an LM head packed by `bf16_pack` (see
         `Engine.bf16_head`: products 3 for the split head, 1 for plain bf16), never storing the logits whole.
         False where it cannot run (nothing written)."""
